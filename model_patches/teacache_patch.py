@@ -1,0 +1,128 @@
+"""Apply TeaCache to a ComfyUI MODEL: the run that decides per call, and the installer."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..caching.schedule import StepSchedule
+from ..caching.teacache import RunSummary, TeaCacheConfig, TeaCacheRun
+from ..caching.teacache_presets import TeaCachePreset
+
+from .family import BlockArgs, Family
+from .sampling_hooks import RunBlock, SamplingRun, identity, install
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TeaCachePatch:
+    """The node's settings, kept in the MODEL's transformer_options; `last_run` tells what happened."""
+
+    config: TeaCacheConfig
+    family: Family
+    preset: TeaCachePreset
+    last_run: RunSummary | None = field(default=None, compare=False)
+
+    key = "dit_cache.teacache"
+    run_key = "dit_cache.teacache.run"
+
+    def start_run(self, guider: Any, sigmas: torch.Tensor) -> TeaCacheSampling | None:
+        cfg = _active_cfg(guider)
+        if self.family.cfg_shares_state and cfg is not None:
+            reason = (
+                f"CFG is active (cfg={cfg:g}) and TeaCache keeps one state for both CFG branches on "
+                f"{self.family.name}: TeaCache is off for this run (set cfg to 1 to use it)"
+            )
+            logger.info("TeaCache: %s", reason)
+            self.last_run = RunSummary(total_steps=len(sigmas) - 1, steps_called=0, steps_computed=0, calls=0,
+                                       calls_computed=0, disabled=reason)
+            return None
+        sampling = guider.model_patcher.model.model_sampling
+        schedule = StepSchedule(
+            sigmas.tolist(),
+            start_sigma=sampling.percent_to_sigma(self.config.start_percent),
+            end_sigma=sampling.percent_to_sigma(self.config.end_percent),
+        )
+        diffusion_model = guider.model_patcher.get_model_object("diffusion_model")
+        return TeaCacheSampling(self, diffusion_model, schedule)
+
+
+def _active_cfg(guider: Any) -> float | None:
+    """The guider's CFG scale when the negative branch is evaluated, else None."""
+    for name in ("cfg", "cfg1", "cfg2"):
+        value = getattr(guider, name, 1.0)
+        if isinstance(value, (int, float)) and value != 1.0:
+            return float(value)
+    if guider.model_options.get("disable_cfg1_optimization", False):
+        return 1.0
+    return None
+
+
+class TeaCacheSampling(SamplingRun):
+    """One sampling run of TeaCache: the first block decides, the last stores the residual."""
+
+    def __init__(self, patch: TeaCachePatch, diffusion_model: torch.nn.Module, schedule: StepSchedule):
+        super().__init__(patch.family, diffusion_model, schedule)
+        self.patch = patch
+        self.run = TeaCacheRun(patch.config, schedule.total_steps)
+        self.compute = True
+        self.stack_input: torch.Tensor | None = None
+
+    def on_block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:
+        call = self.call
+        if position == 0:
+            try:
+                call.txt_len = args["txt"].shape[1] if "txt" in args else 0
+                call.img_len = args["img"].shape[1]
+                self.compute = self._decide(args)
+                if not self.compute:
+                    out = identity(args)
+                    out["img"] = self.run.apply(call.keys, args["img"])
+                    return out
+                self.stack_input = args["img"].clone()  # blocks may update their input in place
+            except Exception as error:
+                self.fail(error)
+                self.compute = True
+        elif not self.compute:
+            return identity(args)
+        out = run_block(args)
+        if position == last and not self.failed:
+            self._store(kind, out)
+        return out
+
+    def _decide(self, args: BlockArgs) -> bool:
+        call = self.call
+        indicator = self.family.indicator(self.diffusion_model, args, call, self.patch.preset.indicator)
+        chunks = indicator.chunk(len(call.keys))
+        return self.run.decide(call.keys, chunks, call.step, call.in_window and not call.has_control)
+
+    def _store(self, kind: str, out: BlockArgs) -> None:
+        call = self.call
+        try:
+            if call.has_control:  # control residuals are not the model's own: never replay them
+                residual = None
+            else:
+                residual = self.family.image_tokens(kind, out["img"], call) - self.stack_input
+            self.run.store(call.keys, residual)
+        except Exception as error:
+            self.run.store(call.keys, None)
+            self.fail(error)
+        self.stack_input = None
+
+    def finish(self) -> None:
+        summary = self.run.summary()
+        self.patch.last_run = summary
+        logger.info(
+            "TeaCache [%s, %s]: computed %d/%d steps; %d of %d transformer calls reused the cache",
+            self.family.name, self.patch.config.tag(), summary.steps_computed, summary.total_steps,
+            summary.calls - summary.calls_computed, summary.calls,
+        )
+        self.run = TeaCacheRun(self.patch.config, self.schedule.total_steps)  # drop cached tensors
+
+
+def apply_teacache(model: Any, family: Family, preset: TeaCachePreset, config: TeaCacheConfig) -> Any:
+    """A clone of `model` that runs TeaCache while sampling."""
+    return install(model, TeaCachePatch(config, family, preset), family)

@@ -1,0 +1,7 @@
+"""The pack's ComfyUI nodes (V1 API: stable across ComfyUI versions)."""
+from __future__ import annotations
+
+from .teacache_node import ApplyTeaCache
+
+NODE_CLASS_MAPPINGS = {"DiTCache_ApplyTeaCache": ApplyTeaCache}
+NODE_DISPLAY_NAME_MAPPINGS = {"DiTCache_ApplyTeaCache": "Apply TeaCache"}

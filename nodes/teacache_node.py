@@ -1,0 +1,127 @@
+"""Apply TeaCache: validate, pick the preset, patch a clone of the MODEL."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..caching.teacache import TeaCacheConfig
+from ..caching.teacache_presets import MODEL_TYPES, PRESETS, TeaCachePreset, parse_coefficients
+from ..model_patches.registry import SUPPORTED, detect, diffusion_model_class
+
+logger = logging.getLogger(__name__)
+
+CACHE_DEVICES = ("main_device", "cpu")
+
+
+def _preset_list() -> str:
+    return "; ".join(
+        f"{p.name} {p.recommended_thresh:g}" + (f" (borrowed from {p.borrowed})" if p.borrowed else "")
+        for p in PRESETS.values()
+    )
+
+
+def build_config(preset: TeaCachePreset, rel_l1_thresh: float, start_percent: float, end_percent: float,
+                 cache_device: str, coefficients: str) -> TeaCacheConfig:
+    """The node's inputs as a validated config; ValueError names the offending input."""
+    if cache_device not in CACHE_DEVICES:
+        raise ValueError(f"cache_device must be one of {', '.join(CACHE_DEVICES)}, got {cache_device!r}")
+    return TeaCacheConfig(
+        rel_l1_thresh=float(rel_l1_thresh),
+        coefficients=parse_coefficients(coefficients or "") or preset.coefficients,
+        start_percent=float(start_percent),
+        end_percent=float(end_percent),
+        warmup_steps=preset.warmup_steps,
+        force_last_step=preset.force_last_step,
+        offload_device="cpu" if cache_device == "cpu" else None,
+    )
+
+
+class ApplyTeaCache:
+    DESCRIPTION = (
+        "TeaCache: skips whole transformer passes while the first block's modulated input barely "
+        "changes between steps, reusing the last computed residual. Supports " + SUPPORTED + ". "
+        "Turns itself off for a run where CFG is active on Flux and Qwen-Image; other families keep "
+        "separate positive/negative caches. Other models pass through unchanged."
+    )
+    CATEGORY = "DiT Cache"
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("A copy of the model that uses TeaCache while sampling.",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model to accelerate (it is not modified)."}),
+                "model_type": (list(MODEL_TYPES), {
+                    "default": "auto",
+                    "tooltip": "Which rescale coefficients to use. auto picks from the loaded model "
+                               "(Wan I2V -> 480P, Wan 2.2 14B experts -> Wan 2.1 14B). Qwen-Image, Z-Image "
+                               "and Wan 2.2 have no published coefficients: their presets are borrowed "
+                               "(qwen_image from flux, z_image from hunyuan_video, wan2.2 from wan2.1).",
+                }),
+                "rel_l1_thresh": ("FLOAT", {
+                    "default": 0.2, "min": 0.0, "max": 10.0, "step": 0.01,
+                    "tooltip": "Skip while the accumulated rescaled change stays below this. Higher = faster, "
+                               "less faithful; 0 never skips. Recommended: " + _preset_list() + ".",
+                }),
+                "start_percent": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                    "tooltip": "Part of the denoising (0 = first step) from which skipping is allowed.",
+                }),
+                "end_percent": ("FLOAT", {
+                    "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                    "tooltip": "Part of the denoising after which every step computes again.",
+                }),
+                "cache_device": (list(CACHE_DEVICES), {
+                    "default": "main_device",
+                    "tooltip": "Where cached residuals are kept: the model's device (fastest) or CPU "
+                               "(saves GPU memory, costs a copy per step).",
+                }),
+            },
+            "optional": {
+                "coefficients": ("STRING", {
+                    "default": "", "advanced": True,
+                    "tooltip": "Advanced: your own rescale polynomial, comma-separated, highest power first "
+                               "(e.g. from a calibration). Empty = the preset's.",
+                }),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_type: str, rel_l1_thresh: float, start_percent: float, end_percent: float,
+                        cache_device: str, coefficients: str = "") -> bool | str:
+        try:
+            preset = PRESETS.get(model_type) or next(iter(PRESETS.values()))
+            if model_type != "auto" and model_type not in PRESETS:
+                raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
+            if not 0.0 <= float(rel_l1_thresh) <= 10.0:
+                raise ValueError(f"rel_l1_thresh must be between 0 and 10, got {rel_l1_thresh}")
+            build_config(preset, rel_l1_thresh, start_percent, end_percent, cache_device, coefficients)
+        except (TypeError, ValueError) as error:
+            return str(error)
+        return True
+
+    def apply(self, model: Any, model_type: str, rel_l1_thresh: float, start_percent: float, end_percent: float,
+              cache_device: str, coefficients: str = "") -> tuple[Any]:
+        family = detect(model)
+        if family is None:
+            logger.warning(
+                "Apply TeaCache: %s is not supported (supported: %s); the model passes through unchanged",
+                diffusion_model_class(model), SUPPORTED,
+            )
+            return (model,)
+        preset = PRESETS[family.auto_preset(model) if model_type == "auto" else model_type]
+        if preset.family != family.name:
+            logger.warning("Apply TeaCache: preset %s was made for %s, not for this %s model",
+                           preset.name, preset.family, family.name)
+        if preset.borrowed:
+            logger.info("Apply TeaCache: %s", preset.describe())
+        config = build_config(preset, rel_l1_thresh, start_percent, end_percent, cache_device, coefficients)
+        try:
+            from ..model_patches.teacache_patch import apply_teacache
+
+            return (apply_teacache(model, family, preset, config),)
+        except Exception as error:  # a ComfyUI whose patching API moved: never break the workflow
+            logger.warning("Apply TeaCache: cannot patch this model in this ComfyUI (%r); passing it through", error)
+            return (model,)

@@ -1,0 +1,319 @@
+"""Deterministic tiny DiT models of every family, built from ComfyUI's own classes.
+
+Real checkpoints are gigabytes; these are a few MB, run a sampling step in milliseconds on
+a CPU and still go through ComfyUI's real model classes, conds and samplers, so tests of
+the pack exercise exactly the code paths a user's workflow does.
+
+- Wan and HunyuanVideo (``FILE_VARIANTS``) are written as small safetensors files and
+  loaded with ``comfy.sd.load_diffusion_model`` (what ``UNETLoader`` calls), so ComfyUI's
+  own model detection picks the config class.
+- Flux, Qwen-Image and Z-Image cannot be detected at a tiny size (ComfyUI 0.3.75 hard-codes
+  their hidden sizes), so they are built in-process from ``comfy.supported_models.<Config>``
+  with tiny dimensions and wrapped the way ``load_diffusion_model_state_dict`` does.
+
+Importing this module imports ``comfy``: put ComfyUI on ``sys.path`` and set
+``comfy.cli_args.args.cpu = True`` first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import comfy.clip_vision
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.sd
+import comfy.supported_models
+import comfy.supported_models_base
+import comfy.utils
+
+VARIANTS: tuple[str, ...] = (
+    "flux",
+    "flux_schnell",
+    "wan21_t2v",
+    "wan21_i2v",
+    "wan22_5b",
+    "wan22_high",
+    "wan22_low",
+    "hunyuan_video",
+    "qwen_image",
+    "z_image",
+)
+
+FILE_VARIANTS: tuple[str, ...] = (
+    "wan21_t2v",
+    "wan21_i2v",
+    "wan22_5b",
+    "wan22_high",
+    "wan22_low",
+    "hunyuan_video",
+)
+
+SPLIT_LENGTHS: tuple[int, int] = (7, 5)
+"""Text lengths (positive, negative) that make ComfyUI run cond and uncond as separate calls.
+
+``_calc_cond_batch`` only batches conds whose every entry ``can_concat``. All five families
+override ``extra_conds`` to wrap the text in ``CONDRegular`` (Z-Image adds ``num_tokens`` as a
+``CONDConstant``), which concatenates only equal shapes, so any two different lengths split.
+7 and 5 also split under the base ``CONDCrossAttn`` rule (lcm 35 / 5 = 7 > 4 padding factor),
+so the pair keeps working if a family moves to that class. Equal lengths batch into one call
+(cfg > 1, memory permitting): ``test_tiny_models.py`` checks both for every variant.
+"""
+
+@dataclass(frozen=True)
+class _Spec:
+    """What one variant is: its ComfyUI config class, its tiny unet_config and its I/O shapes."""
+
+    config: type[comfy.supported_models_base.BASE]
+    unet_config: dict[str, Any]
+    latent_channels: int
+    context_dim: int
+    pooled_dim: int | None = None
+    video: bool = False
+    latent_5d: bool = False
+    size: int = 16
+    frames: int = 1
+
+
+def _flux_config(guidance_embed: bool) -> dict[str, Any]:
+    # The keys ComfyUI's Flux detection emits; head dim 64 = sum(axes_dim), as 128 = 16+56+56.
+    return {
+        "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768,
+        "context_in_dim": 4096, "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 2,
+        "depth": 2, "depth_single_blocks": 2, "axes_dim": [8, 28, 28], "theta": 10000,
+        "patch_size": 2, "qkv_bias": True, "guidance_embed": guidance_embed,
+    }
+
+
+def _wan_config(model_type: str, in_dim: int, out_dim: int) -> dict[str, Any]:
+    # Detection reads num_heads = dim // 128, so dim 128 gives one 128-wide head.
+    return {
+        "image_model": "wan2.1", "model_type": model_type, "dim": 128, "ffn_dim": 256,
+        "num_heads": 1, "num_layers": 3, "patch_size": (1, 2, 2), "freq_dim": 256,
+        "window_size": (-1, -1), "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6,
+        "in_dim": in_dim, "out_dim": out_dim,
+    }
+
+
+_SPECS: dict[str, _Spec] = {
+    "flux": _Spec(comfy.supported_models.Flux, _flux_config(True), 16, 4096, pooled_dim=768),
+    "flux_schnell": _Spec(
+        comfy.supported_models.FluxSchnell, _flux_config(False), 16, 4096, pooled_dim=768
+    ),
+    "wan21_t2v": _Spec(
+        comfy.supported_models.WAN21_T2V, _wan_config("t2v", 16, 16), 16, 4096,
+        video=True, latent_5d=True, size=8, frames=3,
+    ),
+    "wan21_i2v": _Spec(
+        comfy.supported_models.WAN21_I2V, _wan_config("i2v", 36, 16), 16, 4096,
+        video=True, latent_5d=True, size=8, frames=3,
+    ),
+    "wan22_5b": _Spec(
+        comfy.supported_models.WAN22_T2V, _wan_config("t2v", 48, 48), 48, 4096,
+        video=True, latent_5d=True, size=8, frames=3,
+    ),
+    "wan22_high": _Spec(
+        comfy.supported_models.WAN21_T2V, _wan_config("t2v", 16, 16), 16, 4096,
+        video=True, latent_5d=True, size=8, frames=3,
+    ),
+    "wan22_low": _Spec(
+        comfy.supported_models.WAN21_T2V, _wan_config("t2v", 16, 16), 16, 4096,
+        video=True, latent_5d=True, size=8, frames=3,
+    ),
+    "hunyuan_video": _Spec(
+        comfy.supported_models.HunyuanVideo,
+        {
+            # Detection: heads = hidden // 128 with axes 16+56+56; vector_in present (else
+            # HunyuanImage 2.1); guidance_in present as in HunyuanVideo T2V.
+            "image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16,
+            "patch_size": [1, 2, 2], "vec_in_dim": 768, "axes_dim": [16, 56, 56],
+            "meanflow": False, "context_in_dim": 4096, "hidden_size": 128, "mlp_ratio": 4.0,
+            "num_heads": 1, "depth": 2, "depth_single_blocks": 2, "theta": 256,
+            "qkv_bias": True, "byt5": False, "guidance_embed": True,
+            "use_cond_type_embedding": False, "vision_in_dim": None,
+        },
+        16, 4096, pooled_dim=768, video=True, latent_5d=True, size=8, frames=3,
+    ),
+    "qwen_image": _Spec(
+        comfy.supported_models.QwenImage,
+        {
+            "image_model": "qwen_image", "in_channels": 64, "out_channels": 16,
+            "num_layers": 3, "attention_head_dim": 64, "num_attention_heads": 2,
+            "joint_attention_dim": 3584, "axes_dims_rope": (8, 28, 28),
+        },
+        16, 3584, latent_5d=True,
+    ),
+    "z_image": _Spec(
+        comfy.supported_models.ZImage,
+        {
+            # Z-Image's detected keys at dim 256: head dim 128 == sum(axes_dims) as in the
+            # real 3840-wide model; the pad tokens match checkpoints that carry cap_pad_token.
+            "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 256,
+            "cap_feat_dim": 2560, "n_layers": 3, "n_refiner_layers": 1, "qk_norm": True,
+            "n_heads": 2, "n_kv_heads": 2, "axes_dims": [32, 48, 48],
+            "axes_lens": [1536, 512, 512], "rope_theta": 256.0, "ffn_dim_multiplier": 8.0 / 3.0,
+            "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32,
+        },
+        16, 2560,
+    ),
+}
+
+
+def _spec(variant: str) -> _Spec:
+    try:
+        return _SPECS[variant]
+    except KeyError:
+        raise ValueError(f"unknown tiny model variant {variant!r}; pick one of {VARIANTS}") from None
+
+
+def _generator(*parts: object) -> torch.Generator:
+    """A CPU generator seeded by a stable hash, so every process draws the same numbers."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+# Query/key RMSNorms of every family. Random weights give near-uniform attention, so text
+# barely moves joint-attention models (Qwen-Image, Z-Image); a scale of 2 (logit std ~4,
+# closer to trained models) makes the prompt, and so CFG, change their output clearly.
+_QK_NORMS = frozenset(
+    {"query_norm", "key_norm", "norm_q", "norm_k", "norm_k_img", "norm_added_q", "norm_added_k",
+     "q_norm", "k_norm"}
+)
+_QK_NORM_SCALE = 2.0
+_MATRIX_MODULES = (torch.nn.Linear, torch.nn.modules.conv._ConvNd, torch.nn.Embedding)
+
+
+@torch.no_grad()
+def _fill_weights(module: torch.nn.Module, variant: str, seed: int) -> None:
+    """Fill every parameter of ``module`` from (variant, seed, parameter name).
+
+    Norm weights are ones (QK norms ``_QK_NORM_SCALE``) and norm biases zeros; linear, conv
+    and embedding weights are normal with std 1/sqrt(fan_in), so activations keep unit
+    scale through the blocks and every modulation / gate layer is non-zero (some DiTs
+    zero-init them, which would make blocks identity); the rest (biases, Wan modulation
+    tables, Z-Image pad tokens) is normal with std 0.02.
+    """
+    for module_name, m in module.named_modules():
+        is_norm = "Norm" in type(m).__name__
+        for param_name, param in m.named_parameters(recurse=False):
+            name = f"{module_name}.{param_name}" if module_name else param_name
+            if is_norm and param_name == "bias":
+                param.zero_()
+            elif is_norm:
+                param.fill_(_QK_NORM_SCALE if module_name.rsplit(".", 1)[-1] in _QK_NORMS else 1.0)
+            else:
+                is_matrix = isinstance(m, _MATRIX_MODULES) and param_name == "weight"
+                std = param[0].numel() ** -0.5 if is_matrix else 0.02
+                values = torch.randn(param.shape, generator=_generator(variant, seed, name))
+                param.copy_(values * std)
+
+
+def _build(variant: str, seed: int) -> comfy.model_base.BaseModel:
+    """Create the ComfyUI BaseModel of ``variant`` in fp32 on the CPU, weights filled."""
+    spec = _spec(variant)
+    model_config = spec.config(spec.unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, "")
+    _fill_weights(model.diffusion_model, variant, seed)
+    return model
+
+
+def write_checkpoint(variant: str, path: str | os.PathLike[str], *, seed: int = 0) -> None:
+    """Write ``variant``'s diffusion-model state dict as safetensors (every tensor filled).
+
+    Only Wan and HunyuanVideo variants: ComfyUI detects those from a tiny file.
+    """
+    if variant not in FILE_VARIANTS:
+        raise ValueError(
+            f"{variant!r} cannot be detected from a tiny file; use load_model() for it "
+            f"(file variants: {FILE_VARIANTS})"
+        )
+    state_dict = _build(variant, seed).diffusion_model.state_dict()
+    path = Path(path)
+    partial = path.with_name(path.name + f".{os.getpid()}.partial")
+    comfy.utils.save_torch_file({k: v.contiguous() for k, v in state_dict.items()}, str(partial))
+    os.replace(partial, path)  # atomic, so parallel test workers never read half a file
+
+
+def load_model(
+    variant: str, cache_dir: str | os.PathLike[str] | None = None, *, seed: int = 0
+) -> comfy.model_patcher.ModelPatcher:
+    """Return ``variant`` as a MODEL (ModelPatcher), the way ComfyUI's loaders return it.
+
+    File variants are written to ``cache_dir`` (reused when present; a throw-away temp dir
+    when None) and loaded by ``comfy.sd.load_diffusion_model`` so detection is exercised.
+    """
+    if variant in FILE_VARIANTS:
+        if cache_dir is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                return load_model(variant, tmp, seed=seed)
+        path = Path(cache_dir) / f"tiny-{variant}-seed{seed}.safetensors"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_checkpoint(variant, path, seed=seed)
+        return comfy.sd.load_diffusion_model(str(path))
+
+    model = _build(variant, seed).to(comfy.model_management.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model,
+        load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+    )
+
+
+def latent(
+    variant: str, batch: int = 1, seed: int = 0, *, size: int | None = None, frames: int | None = None
+) -> dict[str, torch.Tensor]:
+    """A LATENT dict of the shape the family's model takes, random but fixed by ``seed``.
+
+    Random rather than zero so ``denoise < 1`` starts from an image; at full denoise flow
+    models ignore it. ``size`` is the latent height = width (default 16 for images, 8 for
+    video), ``frames`` the latent frame count of video families (default 3).
+    Qwen-Image is 5-D ``[B, 16, 1, H, W]``: EmptySD3LatentImage gives 4-D and the KSampler
+    node's ``fix_empty_latent_channels`` adds the frame axis, which ``comfy.sample.sample``
+    itself does not do.
+    """
+    spec = _spec(variant)
+    side = spec.size if size is None else size
+    shape = [batch, spec.latent_channels]
+    if spec.video:
+        shape.append(spec.frames if frames is None else frames)
+    elif spec.latent_5d:
+        shape.append(1)
+    shape += [side, side]
+    return {"samples": torch.randn(shape, generator=_generator(variant, "latent", seed))}
+
+
+def conditioning(
+    variant: str, seed: int = 0, length: int = 8, batch: int = 1
+) -> list[list[Any]]:
+    """A CONDITIONING ``[[text, extras]]`` of the width the family's text encoder gives.
+
+    Flux and HunyuanVideo also get ``pooled_output`` (CLIP-L, 768); their guidance comes
+    from ComfyUI's defaults (3.5 / 6.0). ``wan21_i2v`` gets a ``clip_vision_output`` (257
+    CLIP-H tokens of 1280) so its image cross-attention sees image tokens; its image latent
+    is left out because WAN21.concat_cond zero-fills the 20 extra input channels (the
+    I2V model runs without either).
+    """
+    spec = _spec(variant)
+    g = _generator(variant, "conditioning", seed)
+    text = torch.randn(batch, length, spec.context_dim, generator=g)
+    extras: dict[str, Any] = {}
+    if spec.pooled_dim is not None:
+        extras["pooled_output"] = torch.randn(batch, spec.pooled_dim, generator=g)
+    if variant == "wan21_i2v":
+        # The same image for every seed: WanImageToVideo gives both branches one image.
+        clip_vision = comfy.clip_vision.Output()
+        clip_vision["penultimate_hidden_states"] = torch.randn(
+            batch, 257, 1280, generator=_generator(variant, "clip_vision")
+        )
+        extras["clip_vision_output"] = clip_vision
+    return [[text, extras]]
