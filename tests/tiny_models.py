@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import comfy.clip_vision
 import comfy.model_base
 import comfy.model_management
@@ -34,6 +32,7 @@ import comfy.sd
 import comfy.supported_models
 import comfy.supported_models_base
 import comfy.utils
+import torch
 
 VARIANTS: tuple[str, ...] = (
     "flux",
@@ -47,6 +46,10 @@ VARIANTS: tuple[str, ...] = (
     "qwen_image",
     "z_image",
 )
+
+EXTRA_VARIANTS: tuple[str, ...] = ("lumina2",)
+"""Models of families the pack does not patch (Lumina 2: a NextDiT without Z-Image's
+modulation), for pass-through tests; not part of ``VARIANTS``."""
 
 FILE_VARIANTS: tuple[str, ...] = (
     "wan21_t2v",
@@ -65,8 +68,14 @@ override ``extra_conds`` to wrap the text in ``CONDRegular`` (Z-Image adds ``num
 ``CONDConstant``), which concatenates only equal shapes, so any two different lengths split.
 7 and 5 also split under the base ``CONDCrossAttn`` rule (lcm 35 / 5 = 7 > 4 padding factor),
 so the pair keeps working if a family moves to that class. Equal lengths batch into one call
-(cfg > 1, memory permitting): ``test_tiny_models.py`` checks both for every variant.
+(cfg > 1, memory permitting; uncond first, ``cond_or_uncond == [1, 0]``); split, each step
+runs the positive first. ``test_tiny_models.py`` checks both for every variant.
 """
+
+
+_IMAGE_SIZE = 16  # latent side of image families: 8x8 = 64 tokens after 2x2 patches
+_VIDEO_SIZE = 8  # latent side of video families: 16 tokens per latent frame
+
 
 @dataclass(frozen=True)
 class _Spec:
@@ -77,10 +86,8 @@ class _Spec:
     latent_channels: int
     context_dim: int
     pooled_dim: int | None = None
-    video: bool = False
-    latent_5d: bool = False
-    size: int = 16
-    frames: int = 1
+    frames: int | None = None  # default latent frames of a video family; None for images
+    frame_axis: bool = False  # an image model that takes [B, C, 1, H, W] (Qwen-Image)
 
 
 def _flux_config(guidance_embed: bool) -> dict[str, Any]:
@@ -109,24 +116,21 @@ _SPECS: dict[str, _Spec] = {
         comfy.supported_models.FluxSchnell, _flux_config(False), 16, 4096, pooled_dim=768
     ),
     "wan21_t2v": _Spec(
-        comfy.supported_models.WAN21_T2V, _wan_config("t2v", 16, 16), 16, 4096,
-        video=True, latent_5d=True, size=8, frames=3,
+        comfy.supported_models.WAN21_T2V, _wan_config("t2v", 16, 16), 16, 4096, frames=3
     ),
     "wan21_i2v": _Spec(
-        comfy.supported_models.WAN21_I2V, _wan_config("i2v", 36, 16), 16, 4096,
-        video=True, latent_5d=True, size=8, frames=3,
+        comfy.supported_models.WAN21_I2V, _wan_config("i2v", 36, 16), 16, 4096, frames=3
     ),
     "wan22_5b": _Spec(
-        comfy.supported_models.WAN22_T2V, _wan_config("t2v", 48, 48), 48, 4096,
-        video=True, latent_5d=True, size=8, frames=3,
+        comfy.supported_models.WAN22_T2V, _wan_config("t2v", 48, 48), 48, 4096, frames=3
     ),
+    # A Wan 2.2 14B expert pair: two ordinary Wan T2V checkpoints of one shape, whose
+    # weights differ because the variant name is part of every weight's seed.
     "wan22_high": _Spec(
-        comfy.supported_models.WAN21_T2V, _wan_config("t2v", 16, 16), 16, 4096,
-        video=True, latent_5d=True, size=8, frames=3,
+        comfy.supported_models.WAN21_T2V, _wan_config("t2v", 16, 16), 16, 4096, frames=3
     ),
     "wan22_low": _Spec(
-        comfy.supported_models.WAN21_T2V, _wan_config("t2v", 16, 16), 16, 4096,
-        video=True, latent_5d=True, size=8, frames=3,
+        comfy.supported_models.WAN21_T2V, _wan_config("t2v", 16, 16), 16, 4096, frames=3
     ),
     "hunyuan_video": _Spec(
         comfy.supported_models.HunyuanVideo,
@@ -140,7 +144,7 @@ _SPECS: dict[str, _Spec] = {
             "qkv_bias": True, "byt5": False, "guidance_embed": True,
             "use_cond_type_embedding": False, "vision_in_dim": None,
         },
-        16, 4096, pooled_dim=768, video=True, latent_5d=True, size=8, frames=3,
+        16, 4096, pooled_dim=768, frames=3,
     ),
     "qwen_image": _Spec(
         comfy.supported_models.QwenImage,
@@ -149,7 +153,7 @@ _SPECS: dict[str, _Spec] = {
             "num_layers": 3, "attention_head_dim": 64, "num_attention_heads": 2,
             "joint_attention_dim": 3584, "axes_dims_rope": (8, 28, 28),
         },
-        16, 3584, latent_5d=True,
+        16, 3584, frame_axis=True,
     ),
     "z_image": _Spec(
         comfy.supported_models.ZImage,
@@ -164,14 +168,26 @@ _SPECS: dict[str, _Spec] = {
         },
         16, 2560,
     ),
+    "lumina2": _Spec(
+        comfy.supported_models.Lumina2,
+        {
+            # Lumina 2's detected keys at dim 192: grouped-query attention (2 heads share
+            # 1 kv head, as 24 share 8), head dim 96 == sum(axes_dims); Gemma 2 2B width.
+            "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 192,
+            "cap_feat_dim": 2304, "n_layers": 2, "n_refiner_layers": 1, "qk_norm": True,
+            "n_heads": 2, "n_kv_heads": 1, "axes_dims": [32, 32, 32],
+            "axes_lens": [300, 512, 512], "rope_theta": 10000.0, "ffn_dim_multiplier": 4.0,
+        },
+        16, 2304,
+    ),
 }
 
 
 def _spec(variant: str) -> _Spec:
-    try:
-        return _SPECS[variant]
-    except KeyError:
-        raise ValueError(f"unknown tiny model variant {variant!r}; pick one of {VARIANTS}") from None
+    if variant not in _SPECS:
+        known = VARIANTS + EXTRA_VARIANTS
+        raise ValueError(f"unknown tiny model variant {variant!r}; pick one of {known}")
+    return _SPECS[variant]
 
 
 def _generator(*parts: object) -> torch.Generator:
@@ -270,7 +286,12 @@ def load_model(
 
 
 def latent(
-    variant: str, batch: int = 1, seed: int = 0, *, size: int | None = None, frames: int | None = None
+    variant: str,
+    batch: int = 1,
+    seed: int = 0,
+    *,
+    size: int | None = None,
+    frames: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """A LATENT dict of the shape the family's model takes, random but fixed by ``seed``.
 
@@ -282,12 +303,14 @@ def latent(
     itself does not do.
     """
     spec = _spec(variant)
-    side = spec.size if size is None else size
     shape = [batch, spec.latent_channels]
-    if spec.video:
+    if spec.frames is not None:
         shape.append(spec.frames if frames is None else frames)
-    elif spec.latent_5d:
+    elif frames is not None:
+        raise ValueError(f"{variant!r} is an image model; frames only applies to video variants")
+    elif spec.frame_axis:
         shape.append(1)
+    side = size if size is not None else _VIDEO_SIZE if spec.frames is not None else _IMAGE_SIZE
     shape += [side, side]
     return {"samples": torch.randn(shape, generator=_generator(variant, "latent", seed))}
 

@@ -1,0 +1,240 @@
+"""Apply TeaCache on tiny models of every family, sampled by ComfyUI's own samplers."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import comfy.sample
+import pytest
+import torch
+
+import tiny_models as tm
+from probes import ModelProbe, relative_l1, replay_rule
+
+from dit_cache.nodes.teacache_node import ApplyTeaCache
+
+STEPS = 8
+IDENTITY = "1, 0"  # rescale(x) = x: thresholds then read directly as accumulated relative L1
+FAMILY = {
+    "flux": "flux", "flux_schnell": "flux", "wan21_t2v": "wan", "wan21_i2v": "wan", "wan22_5b": "wan",
+    "wan22_high": "wan", "hunyuan_video": "hunyuan_video", "qwen_image": "qwen_image", "z_image": "z_image",
+}
+ALL = list(FAMILY)
+PATCH_KEY = "dit_cache.teacache"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    cache = tmp_path_factory.mktemp("tiny-models")
+    return {v: tm.load_model(v, cache) for v in ALL + ["wan22_low"]}
+
+
+def sample(model: Any, variant: str, cfg: float = 1.0, steps: int = STEPS, seed: int = 0,
+           lengths: tuple[int, int] = (8, 8), size: int | None = None, **kw: Any) -> torch.Tensor:
+    latent = tm.latent(variant, size=size)["samples"]
+    noise = comfy.sample.prepare_noise(latent, seed)
+    positive = tm.conditioning(variant, seed=1, length=lengths[0])
+    negative = tm.conditioning(variant, seed=2, length=lengths[1])
+    return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", positive, negative, latent,
+                               seed=seed, disable_pbar=True, **kw)
+
+
+def teacache(model: Any, thresh: float, coefficients: str = IDENTITY, model_type: str = "auto",
+             start: float = 0.0, end: float = 1.0, device: str = "main_device") -> Any:
+    (patched,) = ApplyTeaCache().apply(model, model_type, thresh, start, end, device, coefficients)
+    assert patched is not model
+    return patched
+
+
+def last_run(patched: Any) -> Any:
+    return patched.model_options["transformer_options"][PATCH_KEY].last_run
+
+
+def skipping_threshold(records: list[Any]) -> float:
+    """A threshold that skips about every other step on this model's own changes."""
+    changes = sorted(c for r in records for c in r.rel_l1 if c is not None)
+    return 1.5 * changes[len(changes) // 2]
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_zero_threshold_is_bit_identical_and_measures_the_first_blocks_modulated_input(models, variant) -> None:
+    model = models[variant]
+    expected = sample(model, variant)
+    patched = teacache(model, 0.0)
+    with ModelProbe(patched, FAMILY[variant]) as probe:
+        result = sample(patched, variant)
+    assert torch.equal(result, expected)
+    run = last_run(patched)
+    # The patched path really ran: every call went through the decision, none skipped.
+    assert [r.step for r in run.records] == list(range(STEPS))
+    assert all(r.computed for r in run.records) and run.steps_computed == STEPS
+    # What TeaCache measured is the relative L1 of what block 0 really modulated.
+    modulated = [call.modulated[0] for call in probe.calls]
+    independent = [relative_l1(a, b) for a, b in zip(modulated, modulated[1:])]
+    assert [r.rel_l1[0] for r in run.records[1:]] == pytest.approx(independent, rel=1e-4)
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_skips_exactly_the_steps_the_rule_selects_and_replays_the_cached_residual(models, variant) -> None:
+    model = models[variant]
+    probe_run = teacache(model, 0.0)
+    sample(probe_run, variant)
+    thresh = skipping_threshold(last_run(probe_run).records)
+
+    patched = teacache(model, thresh)
+    with ModelProbe(patched, FAMILY[variant]) as probe:
+        result = sample(patched, variant)
+    run = last_run(patched)
+    decisions = [r.computed for r in run.records]
+    assert decisions == replay_rule(run.records, thresh, (1.0, 0.0), STEPS)
+    assert 0 < decisions.count(False) < STEPS - 2, decisions
+    # The block stack ran on exactly the computed calls.
+    assert [c.last_block_ran for c in probe.calls] == decisions
+    # A skipped call's stack output is its input plus the residual of the last computed call.
+    residual = None
+    for call, computed in zip(probe.calls, decisions):
+        stack_in = probe.stack_input(call)
+        if computed:
+            residual = call.stack_out - stack_in
+        else:
+            assert torch.equal(call.stack_out, stack_in + residual)
+    assert torch.isfinite(result).all()
+    assert not torch.equal(result, sample(model, variant))
+
+
+@pytest.mark.parametrize("variant", ["flux", "qwen_image"])
+def test_cfg_turns_teacache_off_on_flux_and_qwen(models, variant, caplog) -> None:
+    model = models[variant]
+    expected = sample(model, variant, cfg=3.0)
+    patched = teacache(model, 100.0)
+    with caplog.at_level(logging.INFO):
+        result = sample(patched, variant, cfg=3.0)
+    assert torch.equal(result, expected)
+    run = last_run(patched)
+    assert run.calls == 0 and "cfg=3" in run.disabled
+    assert len([r for r in caplog.records if "TeaCache is off for this run" in r.getMessage()]) == 1
+    # At cfg 1 the same node skips.
+    sample(patched, variant, cfg=1.0)
+    assert last_run(patched).disabled is None and last_run(patched).steps_computed < STEPS
+
+
+@pytest.mark.parametrize("variant", ["wan21_t2v", "hunyuan_video", "z_image"])
+@pytest.mark.parametrize("path", ["batched", "split"])
+def test_cfg_keeps_separate_positive_and_negative_state(models, variant, path) -> None:
+    model = models[variant]
+    lengths = (8, 8) if path == "batched" else tm.SPLIT_LENGTHS
+    assert torch.equal(sample(teacache(model, 0.0), variant, cfg=3.0, lengths=lengths),
+                       sample(model, variant, cfg=3.0, lengths=lengths))
+
+    probe_run = teacache(model, 0.0)
+    sample(probe_run, variant, cfg=3.0, lengths=lengths)
+    thresh = skipping_threshold(last_run(probe_run).records)
+    patched = teacache(model, thresh)
+    sample(patched, variant, cfg=3.0, lengths=lengths)
+    run = last_run(patched)
+    branches = {key for r in run.records for key in r.branches}
+    assert len(branches) == 2
+    if path == "batched":
+        assert all(len(r.branches) == 2 for r in run.records) and len(run.records) == STEPS
+    else:
+        assert all(len(r.branches) == 1 for r in run.records) and len(run.records) == 2 * STEPS
+    decisions = [r.computed for r in run.records]
+    assert decisions == replay_rule(run.records, thresh, (1.0, 0.0), STEPS)
+    assert False in decisions
+
+
+def test_start_and_end_percent_bound_where_steps_may_skip(models) -> None:
+    model = models["flux"]
+    patched = teacache(model, 10.0, start=0.3, end=0.8)
+    sample(patched, "flux")
+    run = last_run(patched)
+    sampling = model.model.model_sampling
+    start, end = sampling.percent_to_sigma(0.3), sampling.percent_to_sigma(0.8)
+    sigmas = comfy.samplers.calculate_sigmas(sampling, "simple", STEPS).tolist()
+    window = [end < s <= start for s in sigmas[:-1]]
+    assert 0 < sum(window) < STEPS
+    assert [r.computed for r in run.records] == replay_rule(run.records, 10.0, (1.0, 0.0), STEPS,
+                                                           in_window=lambda step: window[step])
+    assert run.skipped_steps and all(window[s] for s in run.skipped_steps)
+
+
+def test_runs_start_clean_repeatably_and_at_a_new_resolution(models) -> None:
+    model = models["hunyuan_video"]
+    patched = teacache(model, 0.6)
+    first = sample(patched, "hunyuan_video")
+    assert torch.equal(sample(patched, "hunyuan_video"), first)
+    bigger = sample(patched, "hunyuan_video", size=12)
+    run = last_run(patched)
+    assert bigger.shape[-1] == 12 and run.records[0].rel_l1 == (None,) and run.steps_computed < STEPS
+
+
+def test_cache_on_cpu_gives_the_same_result(models) -> None:
+    model = models["wan21_t2v"]
+    on_main = sample(teacache(model, 1.2), "wan21_t2v")
+    on_cpu = teacache(model, 1.2, device="cpu")
+    assert torch.equal(sample(on_cpu, "wan21_t2v"), on_main)
+    assert on_cpu.model_options["transformer_options"][PATCH_KEY].config.offload_device == "cpu"
+
+
+def test_wan22_experts_are_patched_independently_in_a_split_schedule(models) -> None:
+    high, low = models["wan22_high"], models["wan22_low"]
+
+    def two_pass(first: Any, second: Any) -> torch.Tensor:
+        # As ComfyUI's Wan 2.2 template: KSamplerAdvanced 0-4 keeps the noise, 4-8 finishes.
+        latent = tm.latent("wan22_high")["samples"]
+        noise = comfy.sample.prepare_noise(latent, 0)
+        pos, neg = tm.conditioning("wan22_high", seed=1), tm.conditioning("wan22_high", seed=2)
+        mid = comfy.sample.sample(first, noise, STEPS, 1.0, "euler", "simple", pos, neg, latent,
+                                  start_step=0, last_step=4, force_full_denoise=False, disable_pbar=True, seed=0)
+        return comfy.sample.sample(second, noise, STEPS, 1.0, "euler", "simple", pos, neg, mid, disable_noise=True,
+                                   start_step=4, last_step=STEPS, force_full_denoise=True, disable_pbar=True, seed=0)
+
+    expected = two_pass(high, low)
+    assert torch.equal(two_pass(teacache(high, 0.0), teacache(low, 0.0)), expected)
+    high_tc, low_tc = teacache(high, 1.0), teacache(low, 0.0)
+    two_pass(high_tc, low_tc)
+    high_run, low_run = last_run(high_tc), last_run(low_tc)
+    assert high_run.total_steps == low_run.total_steps == 4
+    assert [r.step for r in high_run.records] == [0, 1, 2, 3] == [r.step for r in low_run.records]
+    assert high_run.records[0].rel_l1 == (None,) and low_run.records[0].rel_l1 == (None,)  # clean start
+    assert [r.computed for r in high_run.records] == replay_rule(high_run.records, 1.0, (1.0, 0.0), 4)
+    assert all(r.computed for r in low_run.records)
+
+
+def test_auto_picks_the_family_preset(models) -> None:
+    expected = {"flux": "flux", "wan21_t2v": "wan2.1_t2v_1.3B", "wan21_i2v": "wan2.1_i2v_480p_14B",
+                "wan22_5b": "wan2.2_ti2v_5B", "hunyuan_video": "hunyuan_video", "qwen_image": "qwen_image",
+                "z_image": "z_image"}
+    for variant, preset in expected.items():
+        patch = teacache(models[variant], 0.2, coefficients="").model_options["transformer_options"][PATCH_KEY]
+        assert patch.preset.name == preset
+        assert patch.config.coefficients == patch.preset.coefficients
+
+
+def test_unsupported_model_passes_through_with_one_warning(caplog) -> None:
+    lumina2 = tm.load_model("lumina2")
+    with caplog.at_level(logging.WARNING):
+        (out,) = ApplyTeaCache().apply(lumina2, "auto", 0.2, 0.0, 1.0, "main_device", "")
+    assert out is lumina2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "NextDiT is not supported" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"rel_l1_thresh": -0.1}, "rel_l1_thresh"),
+        ({"start_percent": 0.9, "end_percent": 0.1}, "start_percent"),
+        ({"coefficients": "1, two"}, "coefficients"),
+        ({"cache_device": "gpu7"}, "cache_device"),
+        ({"model_type": "sdxl"}, "model_type"),
+    ],
+)
+def test_invalid_inputs_are_rejected_naming_the_input(inputs, message) -> None:
+    values = {"model_type": "auto", "rel_l1_thresh": 0.2, "start_percent": 0.0, "end_percent": 1.0,
+              "cache_device": "main_device", "coefficients": ""} | inputs
+    verdict = ApplyTeaCache.VALIDATE_INPUTS(**values)
+    assert isinstance(verdict, str) and message in verdict
+    assert ApplyTeaCache.VALIDATE_INPUTS(**(values | {k: v for k, v in {
+        "model_type": "auto", "rel_l1_thresh": 0.2, "start_percent": 0.0, "end_percent": 1.0,
+        "cache_device": "main_device", "coefficients": ""}.items() if k in inputs})) is True
