@@ -1,4 +1,5 @@
 """comfyui-dit-cache: TeaCache for diffusion transformers in ComfyUI."""
+
 import logging
 
 try:

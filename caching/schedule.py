@@ -1,4 +1,5 @@
 """Where a model call sits in the sampler's schedule."""
+
 from __future__ import annotations
 
 from bisect import bisect_right

@@ -5,6 +5,7 @@ change of the indicator between consecutive calls is rescaled by a fitted polyno
 accumulated; while the sum stays below the threshold the pass is skipped and the cached
 residual of the block stack (output - input) is added to the input instead.
 """
+
 from __future__ import annotations
 
 import math
@@ -99,18 +100,18 @@ class TeaCacheRun:
         states = [self.branches.setdefault(k, BranchState()) for k in keys]
         forced = step < cfg.warmup_steps or (cfg.force_last_step and step >= self.total_steps - 1) or not in_window
         comparable = [
-            s.previous is not None and s.previous.shape == ind.shape for s, ind in zip(states, indicators)
+            s.previous is not None and s.previous.shape == ind.shape for s, ind in zip(states, indicators, strict=True)
         ]
         changes: list[float | None] = [None] * len(states)
         if any(comparable):
             measured = [
-                relative_l1(s.previous, ind) for s, ind, ok in zip(states, indicators, comparable) if ok
+                relative_l1(s.previous, ind) for s, ind, ok in zip(states, indicators, comparable, strict=True) if ok
             ]
             values = iter(torch.stack(measured).tolist())  # one host sync for all branches
             changes = [next(values) if ok else None for ok in comparable]
 
         compute = forced or cfg.rel_l1_thresh <= 0.0
-        for state, indicator, change in zip(states, indicators, changes):
+        for state, indicator, change in zip(states, indicators, changes, strict=True):
             if change is None or not math.isfinite(change) or state.residual is None:
                 compute = True
             else:
@@ -127,7 +128,7 @@ class TeaCacheRun:
     def store(self, keys: Sequence[Hashable], residual: torch.Tensor | None) -> None:
         """Keep each branch's slice of the stack residual; None forgets it (next call computes)."""
         chunks = residual.chunk(len(keys)) if residual is not None else [None] * len(keys)
-        for key, chunk in zip(keys, chunks):
+        for key, chunk in zip(keys, chunks, strict=True):
             if chunk is not None and self.config.offload_device is not None:
                 chunk = chunk.to(self.config.offload_device)
             self.branches.setdefault(key, BranchState()).residual = chunk

@@ -3,6 +3,7 @@
 Coefficients are numpy.poly1d order (highest power first). Only the sources named here
 published them; a preset marked `borrowed` reuses another model's fit and says so.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,14 +30,24 @@ _FLUX = (4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e00, 2.6423086
 _HUNYUAN = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)
 _WAN_T2V_1_3B = (2.39676752e03, -1.31110545e03, 2.01331979e02, -8.29855975e00, 1.37887774e-01)
 _WAN_T2V_14B = (-5784.54975374, 5449.50911966, -1811.16591783, 256.27178429, -13.02252404)
-_WAN_RET = "TeaCache4Wan2.1 (ret mode: 5 warm-up steps, no forced last step)"
+
+
+def _wan(name: str, coefficients: tuple[float, ...], thresh: float, borrowed: str | None = None) -> TeaCachePreset:
+    """TeaCache4Wan2.1's default mode: indicator e, first step and last step compute."""
+    return TeaCachePreset(name, "wan", coefficients, thresh, "TeaCache4Wan2.1", indicator="e", borrowed=borrowed)
+
+
+def _wan_ret(name: str, coefficients: tuple[float, ...], thresh: float) -> TeaCachePreset:
+    """TeaCache4Wan2.1's "ret steps" mode: indicator e0, 5 warm-up steps, last step not forced."""
+    return TeaCachePreset(
+        name, "wan", coefficients, thresh, "TeaCache4Wan2.1 (ret mode)", "e0", warmup_steps=5, force_last_step=False
+    )
+
 
 PRESETS: dict[str, TeaCachePreset] = {
     p.name: p
     for p in (
-        TeaCachePreset(
-            "flux",
-            "flux", _FLUX, 0.4, "TeaCache4FLUX"),
+        TeaCachePreset("flux", "flux", _FLUX, 0.4, "TeaCache4FLUX"),
         TeaCachePreset(
             "flux_kontext",
             "flux",
@@ -44,85 +55,41 @@ PRESETS: dict[str, TeaCachePreset] = {
             0.4,
             "ComfyUI-TeaCache",
         ),
-        TeaCachePreset(
-            "hunyuan_video",
-            "hunyuan_video", _HUNYUAN, 0.15, "TeaCache4HunyuanVideo"),
-        TeaCachePreset(
-            "wan2.1_t2v_1.3B",
-            "wan", _WAN_T2V_1_3B, 0.08, "TeaCache4Wan2.1", indicator="e", warmup_steps=1),
-        TeaCachePreset(
-            "wan2.1_t2v_14B",
-            "wan", _WAN_T2V_14B, 0.2, "TeaCache4Wan2.1", indicator="e"),
-        TeaCachePreset(
+        TeaCachePreset("hunyuan_video", "hunyuan_video", _HUNYUAN, 0.15, "TeaCache4HunyuanVideo"),
+        _wan("wan2.1_t2v_1.3B", _WAN_T2V_1_3B, 0.08),
+        _wan("wan2.1_t2v_14B", _WAN_T2V_14B, 0.2),
+        _wan(
             "wan2.1_i2v_480p_14B",
-            "wan",
             (-3.02331670e02, 2.23948934e02, -5.25463970e01, 5.87348440e00, -2.01973289e-01),
             0.26,
-            "TeaCache4Wan2.1",
-            indicator="e",
         ),
-        TeaCachePreset(
-            "wan2.1_i2v_720p_14B",
-            "wan",
-            (-114.36346466, 65.26524496, -18.82220707, 4.91518089, -0.23412683),
-            0.3,
-            "TeaCache4Wan2.1",
-            indicator="e",
-        ),
-        TeaCachePreset(
+        _wan("wan2.1_i2v_720p_14B", (-114.36346466, 65.26524496, -18.82220707, 4.91518089, -0.23412683), 0.3),
+        _wan_ret(
             "wan2.1_t2v_1.3B_ret",
-            "wan",
             (-5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02),
             0.05,
-            _WAN_RET,
-            indicator="e0",
-            warmup_steps=5,
-            force_last_step=False,
         ),
-        TeaCachePreset(
+        _wan_ret(
             "wan2.1_t2v_14B_ret",
-            "wan",
             (-3.03318725e05, 4.90537029e04, -2.65530556e03, 5.87365115e01, -3.15583525e-01),
             0.1,
-            _WAN_RET,
-            indicator="e0",
-            warmup_steps=5,
-            force_last_step=False,
         ),
-        TeaCachePreset(
+        _wan_ret(
             "wan2.1_i2v_480p_14B_ret",
-            "wan",
             (2.57151496e05, -3.54229917e04, 1.40286849e03, -1.35890334e01, 1.32517977e-01),
             0.2,
-            _WAN_RET,
-            indicator="e0",
-            warmup_steps=5,
-            force_last_step=False,
         ),
-        TeaCachePreset(
+        _wan_ret(
             "wan2.1_i2v_720p_14B_ret",
-            "wan",
             (8.10705460e03, 2.13393892e03, -3.72934672e02, 1.66203073e01, -4.17769401e-02),
             0.2,
-            _WAN_RET,
-            indicator="e0",
-            warmup_steps=5,
-            force_last_step=False,
         ),
+        _wan("wan2.2_t2v_14B", _WAN_T2V_14B, 0.2, borrowed="wan2.1_t2v_14B"),
+        _wan("wan2.2_ti2v_5B", _WAN_T2V_1_3B, 0.08, borrowed="wan2.1_t2v_1.3B"),
+        TeaCachePreset("qwen_image", "qwen_image", _FLUX, 0.4, "TeaCache4FLUX", borrowed="flux"),
         TeaCachePreset(
-            "wan2.2_t2v_14B",
-            "wan", _WAN_T2V_14B, 0.2, "TeaCache4Wan2.1", indicator="e", borrowed="wan2.1_t2v_14B"
+            "z_image", "z_image", _HUNYUAN, 0.15, "TeaCache4HunyuanVideo (as SGLang does)", borrowed="hunyuan_video"
         ),
-        TeaCachePreset(
-            "wan2.2_ti2v_5B",
-            "wan", _WAN_T2V_1_3B, 0.08, "TeaCache4Wan2.1", indicator="e", borrowed="wan2.1_t2v_1.3B"
-        ),
-        TeaCachePreset(
-            "qwen_image",
-            "qwen_image", _FLUX, 0.4, "TeaCache4FLUX", borrowed="flux"),
-        TeaCachePreset(
-            "z_image",
-            "z_image", _HUNYUAN, 0.15, "TeaCache4HunyuanVideo (as SGLang does)", borrowed="hunyuan_video"),
     )
 }
 

@@ -1,4 +1,5 @@
 """Shared indicator for families built on Flux's DoubleStreamBlock (Flux, HunyuanVideo)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -7,10 +8,19 @@ import torch
 from comfy.ldm.flux.layers import apply_mod
 
 
-def double_stream_indicator(block: torch.nn.Module, img: torch.Tensor, vec: Any, modulation_dims: Any = None) -> torch.Tensor:
+def double_stream_indicator(
+    block: torch.nn.Module, img: torch.Tensor, vec: Any, modulation_dims: Any = None
+) -> torch.Tensor:
     """The first block's modulated image input: (1 + scale) * norm1(img) + shift."""
     if getattr(block, "modulation", True):
         mod = block.img_mod(vec)[0]
     else:  # Flux.2: modulation computed once for all blocks, passed in as vec
         mod = vec[0][0]
     return apply_mod(block.img_norm1(img), 1 + mod.scale, mod.shift, modulation_dims)
+
+
+def double_then_single_keys(dm: torch.nn.Module) -> list[tuple[str, int]]:
+    """Replace-patch keys of a model that runs its double blocks, then its single blocks."""
+    return [("double_block", i) for i in range(len(dm.double_blocks))] + [
+        ("single_block", i) for i in range(len(dm.single_blocks))
+    ]

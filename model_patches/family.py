@@ -4,6 +4,7 @@ A family's forward splits into a prelude (embeddings, always run), a stack of bl
 ComfyUI calls one by one through `patches_replace`, and an epilogue (final layer, always run).
 Block arguments are ComfyUI's replace-patch dicts: "img" is the stream that is cached.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -37,7 +38,8 @@ class Family:
         name: short family name used in logs and presets.
         block_keys: the `patches_replace["dit"]` keys of the stack, in execution order.
         indicator: TeaCache's indicator, from the first block's arguments.
-        auto_preset: TeaCache preset name that `model_type=auto` picks for a loaded model.
+        default_preset: TeaCache preset that `model_type=auto` picks.
+        choose_preset: for families with several presets (Wan), picks one for a loaded model.
         joint_text_first: for families whose last blocks run on cat(txt, img) (True) or
             cat(img, txt) (False), where the image tokens sit in those blocks' output.
         cfg_shares_state: TeaCache keeps one state for both CFG branches in the reference
@@ -49,10 +51,14 @@ class Family:
     name: str
     block_keys: Callable[[torch.nn.Module], list[BlockKey]]
     indicator: Callable[[torch.nn.Module, BlockArgs, CallInfo, str], torch.Tensor]
-    auto_preset: Callable[[Any], str]
+    default_preset: str
     joint_text_first: bool | None = None
     cfg_shares_state: bool = False
     object_patches: dict[str, Callable[[torch.nn.Module], Any]] = field(default_factory=dict)
+    choose_preset: Callable[[Any], str] | None = None
+
+    def auto_preset(self, model_patcher: Any) -> str:
+        return self.choose_preset(model_patcher) if self.choose_preset else self.default_preset
 
     def image_tokens(self, kind: str, hidden: torch.Tensor, call: CallInfo) -> torch.Tensor:
         """The image part of a block's "img" output (single blocks carry text and image)."""

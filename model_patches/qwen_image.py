@@ -1,7 +1,6 @@
 """Qwen-Image (comfy.ldm.qwen_image.model.QwenImageTransformer2DModel): one list of dual-stream blocks."""
-from __future__ import annotations
 
-from typing import Any
+from __future__ import annotations
 
 import torch
 
@@ -18,14 +17,10 @@ def _indicator(dm: torch.nn.Module, args: BlockArgs, call: CallInfo, mode: str) 
     return block._modulate(block.img_norm1(args["img"]), img_mod1)[0]
 
 
-def _auto_preset(model_patcher: Any) -> str:
-    return "qwen_image"
-
-
 FAMILY = Family(
     name="qwen_image",
     block_keys=_block_keys,
     indicator=_indicator,
-    auto_preset=_auto_preset,
+    default_preset="qwen_image",
     cfg_shares_state=True,
 )

@@ -5,6 +5,7 @@ loops do extra work between blocks that a skipped stack would silently drop.
 Family modules are imported one by one, so a ComfyUI that moved one family's internals
 disables only that family (with a warning), never the pack.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -7,6 +7,7 @@ A method installs three things on a clone of the MODEL:
 - a `patches_replace` hook per block, which lets the run compute or skip each block.
 Without a run (outside sampling, or disabled for this run) every hook passes through.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -20,7 +21,6 @@ import torch
 from comfy.patcher_extension import WrappersMP
 
 from ..caching.schedule import StepSchedule
-
 from .family import BlockArgs, CallInfo, Family
 
 logger = logging.getLogger(__name__)

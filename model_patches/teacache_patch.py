@@ -1,4 +1,5 @@
 """Apply TeaCache to a ComfyUI MODEL: the run that decides per call, and the installer."""
+
 from __future__ import annotations
 
 import logging
@@ -10,7 +11,6 @@ import torch
 from ..caching.schedule import StepSchedule
 from ..caching.teacache import RunSummary, TeaCacheConfig, TeaCacheRun
 from ..caching.teacache_presets import TeaCachePreset
-
 from .family import BlockArgs, Family
 from .sampling_hooks import RunBlock, SamplingRun, identity, install
 
@@ -37,8 +37,14 @@ class TeaCachePatch:
                 f"{self.family.name}: TeaCache is off for this run (set cfg to 1 to use it)"
             )
             logger.info("TeaCache: %s", reason)
-            self.last_run = RunSummary(total_steps=len(sigmas) - 1, steps_called=0, steps_computed=0, calls=0,
-                                       calls_computed=0, disabled=reason)
+            self.last_run = RunSummary(
+                total_steps=len(sigmas) - 1,
+                steps_called=0,
+                steps_computed=0,
+                calls=0,
+                calls_computed=0,
+                disabled=reason,
+            )
             return None
         sampling = guider.model_patcher.model.model_sampling
         schedule = StepSchedule(
@@ -115,12 +121,24 @@ class TeaCacheSampling(SamplingRun):
     def finish(self) -> None:
         summary = self.run.summary()
         self.patch.last_run = summary
+        self.run = TeaCacheRun(self.patch.config, self.schedule.total_steps)  # drop cached tensors
+        if summary.calls == 0:
+            logger.warning(
+                "TeaCache [%s]: the model's block loop was never reached, so nothing was cached "
+                "(a ComfyUI version whose %s forward this pack does not know?)",
+                self.family.name,
+                type(self.diffusion_model).__name__,
+            )
+            return
         logger.info(
             "TeaCache [%s, %s]: computed %d/%d steps; %d of %d transformer calls reused the cache",
-            self.family.name, self.patch.config.tag(), summary.steps_computed, summary.total_steps,
-            summary.calls - summary.calls_computed, summary.calls,
+            self.family.name,
+            self.patch.config.tag(),
+            summary.steps_computed,
+            summary.total_steps,
+            summary.calls - summary.calls_computed,
+            summary.calls,
         )
-        self.run = TeaCacheRun(self.patch.config, self.schedule.total_steps)  # drop cached tensors
 
 
 def apply_teacache(model: Any, family: Family, preset: TeaCachePreset, config: TeaCacheConfig) -> Any:

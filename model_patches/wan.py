@@ -1,4 +1,5 @@
 """Wan 2.1 / 2.2 (comfy.ldm.wan.model.WanModel): one list of blocks; Wan 2.2 14B = two such models."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,5 +38,6 @@ FAMILY = Family(
     name="wan",
     block_keys=_block_keys,
     indicator=_indicator,
-    auto_preset=_auto_preset,
+    default_preset="wan2.1_t2v_14B",
+    choose_preset=_auto_preset,
 )

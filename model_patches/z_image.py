@@ -5,6 +5,7 @@ ComfyUI 0.3.75's NextDiT loop has no `patches_replace`, so this family replaces 
 loop honours `patches_replace["dit"][("layer", i)]` exactly as the other families' loops do.
 If the mirror does not fit the installed ComfyUI, it warns once and runs ComfyUI's own.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,12 +30,14 @@ def _indicator(dm: torch.nn.Module, args: BlockArgs, call: CallInfo, mode: str) 
     return layer.attention_norm1(args["img"]) * (1 + scale_msa.unsqueeze(1))
 
 
-def _auto_preset(model_patcher: Any) -> str:
-    return "z_image"
-
-
-def _run_layers(dm: torch.nn.Module, x: torch.Tensor, mask: Any, freqs_cis: torch.Tensor, adaln_input: torch.Tensor,
-                transformer_options: dict) -> torch.Tensor:
+def _run_layers(
+    dm: torch.nn.Module,
+    x: torch.Tensor,
+    mask: Any,
+    freqs_cis: torch.Tensor,
+    adaln_input: torch.Tensor,
+    transformer_options: dict,
+) -> torch.Tensor:
     blocks_replace = transformer_options.get("patches_replace", {}).get("dit", {})
     for i, layer in enumerate(dm.layers):
         replace = blocks_replace.get(("layer", i))
@@ -43,16 +46,26 @@ def _run_layers(dm: torch.nn.Module, x: torch.Tensor, mask: Any, freqs_cis: torc
             continue
 
         def original_block(args: BlockArgs, layer: torch.nn.Module = layer) -> BlockArgs:
-            return {"img": layer(args["img"], args["mask"], args["pe"], args["vec"],
-                                 transformer_options=args["transformer_options"])}
+            return {
+                "img": layer(
+                    args["img"], args["mask"], args["pe"], args["vec"], transformer_options=args["transformer_options"]
+                )
+            }
 
         args = {"img": x, "vec": adaln_input, "pe": freqs_cis, "mask": mask, "transformer_options": transformer_options}
         x = replace(args, {"original_block": original_block})["img"]
     return x
 
 
-def _mirrored_forward(dm: torch.nn.Module, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                      num_tokens: Any, attention_mask: Any = None, **kwargs: Any) -> torch.Tensor:
+def _mirrored_forward(
+    dm: torch.nn.Module,
+    x: torch.Tensor,
+    timesteps: torch.Tensor,
+    context: torch.Tensor,
+    num_tokens: Any,
+    attention_mask: Any = None,
+    **kwargs: Any,
+) -> torch.Tensor:
     """NextDiT._forward of ComfyUI 0.3.75, with a replaceable layer loop."""
     bs, c, h, w = x.shape
     x = comfy.ldm.common_dit.pad_to_patch_size(x, (dm.patch_size, dm.patch_size))
@@ -76,8 +89,15 @@ class ReplaceableForward:
         self.dm = dm
         self.failed = False
 
-    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, num_tokens: Any,
-                 attention_mask: Any = None, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        num_tokens: Any,
+        attention_mask: Any = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         args = (x, timesteps, context, num_tokens, attention_mask)
         if not self.failed:
             try:
@@ -86,11 +106,12 @@ class ReplaceableForward:
                 self.failed = True
                 logger.warning(
                     "dit-cache: this ComfyUI's Z-Image forward differs from the one the pack mirrors (%s); "
-                    "caching is off for Z-Image, the model runs unchanged", error
+                    "caching is off for Z-Image, the model runs unchanged",
+                    error,
                 )
         return type(self.dm)._forward(self.dm, *args, **kwargs)
 
-    def __deepcopy__(self, memo: dict) -> "ReplaceableForward":
+    def __deepcopy__(self, memo: dict) -> ReplaceableForward:
         return self  # bound to the shared diffusion model, like a method
 
 
@@ -98,6 +119,6 @@ FAMILY = Family(
     name="z_image",
     block_keys=_block_keys,
     indicator=_indicator,
-    auto_preset=_auto_preset,
+    default_preset="z_image",
     object_patches={"_forward": ReplaceableForward},
 )

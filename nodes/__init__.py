@@ -1,4 +1,5 @@
 """The pack's ComfyUI nodes (V1 API: stable across ComfyUI versions)."""
+
 from __future__ import annotations
 
 from .teacache_node import ApplyTeaCache

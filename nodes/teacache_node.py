@@ -1,4 +1,5 @@
 """Apply TeaCache: validate, pick the preset, patch a clone of the MODEL."""
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,14 @@ def _preset_list() -> str:
     )
 
 
-def build_config(preset: TeaCachePreset, rel_l1_thresh: float, start_percent: float, end_percent: float,
-                 cache_device: str, coefficients: str) -> TeaCacheConfig:
+def build_config(
+    preset: TeaCachePreset,
+    rel_l1_thresh: float,
+    start_percent: float,
+    end_percent: float,
+    cache_device: str,
+    coefficients: str,
+) -> TeaCacheConfig:
     """The node's inputs as a validated config; ValueError names the offending input."""
     if cache_device not in CACHE_DEVICES:
         raise ValueError(f"cache_device must be one of {', '.join(CACHE_DEVICES)}, got {cache_device!r}")
@@ -53,44 +60,79 @@ class ApplyTeaCache:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The diffusion model to accelerate (it is not modified)."}),
-                "model_type": (list(MODEL_TYPES), {
-                    "default": "auto",
-                    "tooltip": "Which rescale coefficients to use. auto picks from the loaded model "
-                               "(Wan I2V -> 480P, Wan 2.2 14B experts -> Wan 2.1 14B). Qwen-Image, Z-Image "
-                               "and Wan 2.2 have no published coefficients: their presets are borrowed "
-                               "(qwen_image from flux, z_image from hunyuan_video, wan2.2 from wan2.1).",
-                }),
-                "rel_l1_thresh": ("FLOAT", {
-                    "default": 0.2, "min": 0.0, "max": 10.0, "step": 0.01,
-                    "tooltip": "Skip while the accumulated rescaled change stays below this. Higher = faster, "
-                               "less faithful; 0 never skips. Recommended: " + _preset_list() + ".",
-                }),
-                "start_percent": ("FLOAT", {
-                    "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                    "tooltip": "Part of the denoising (0 = first step) from which skipping is allowed.",
-                }),
-                "end_percent": ("FLOAT", {
-                    "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                    "tooltip": "Part of the denoising after which every step computes again.",
-                }),
-                "cache_device": (list(CACHE_DEVICES), {
-                    "default": "main_device",
-                    "tooltip": "Where cached residuals are kept: the model's device (fastest) or CPU "
-                               "(saves GPU memory, costs a copy per step).",
-                }),
+                "model_type": (
+                    list(MODEL_TYPES),
+                    {
+                        "default": "auto",
+                        "tooltip": "Which rescale coefficients to use. auto picks from the loaded model "
+                        "(Wan I2V -> 480P, Wan 2.2 14B experts -> Wan 2.1 14B). Qwen-Image, Z-Image "
+                        "and Wan 2.2 have no published coefficients: their presets are borrowed "
+                        "(qwen_image from flux, z_image from hunyuan_video, wan2.2 from wan2.1).",
+                    },
+                ),
+                "rel_l1_thresh": (
+                    "FLOAT",
+                    {
+                        "default": 0.2,
+                        "min": 0.0,
+                        "max": 10.0,
+                        "step": 0.01,
+                        "tooltip": "Skip while the accumulated rescaled change stays below this. Higher = faster, "
+                        "less faithful; 0 never skips. Recommended: " + _preset_list() + ".",
+                    },
+                ),
+                "start_percent": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "Part of the denoising (0 = first step) from which skipping is allowed.",
+                    },
+                ),
+                "end_percent": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "Part of the denoising after which every step computes again.",
+                    },
+                ),
+                "cache_device": (
+                    list(CACHE_DEVICES),
+                    {
+                        "default": "main_device",
+                        "tooltip": "Where cached residuals are kept: the model's device (fastest) or CPU "
+                        "(saves GPU memory, costs a copy per step).",
+                    },
+                ),
             },
             "optional": {
-                "coefficients": ("STRING", {
-                    "default": "", "advanced": True,
-                    "tooltip": "Advanced: your own rescale polynomial, comma-separated, highest power first "
-                               "(e.g. from a calibration). Empty = the preset's.",
-                }),
+                "coefficients": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "advanced": True,
+                        "tooltip": "Advanced: your own rescale polynomial, comma-separated, highest power first "
+                        "(e.g. from a calibration). Empty = the preset's.",
+                    },
+                ),
             },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model_type: str, rel_l1_thresh: float, start_percent: float, end_percent: float,
-                        cache_device: str, coefficients: str = "") -> bool | str:
+    def VALIDATE_INPUTS(
+        cls,
+        model_type: str,
+        rel_l1_thresh: float,
+        start_percent: float,
+        end_percent: float,
+        cache_device: str,
+        coefficients: str = "",
+    ) -> bool | str:
         try:
             preset = PRESETS.get(model_type) or next(iter(PRESETS.values()))
             if model_type != "auto" and model_type not in PRESETS:
@@ -102,19 +144,32 @@ class ApplyTeaCache:
             return str(error)
         return True
 
-    def apply(self, model: Any, model_type: str, rel_l1_thresh: float, start_percent: float, end_percent: float,
-              cache_device: str, coefficients: str = "") -> tuple[Any]:
+    def apply(
+        self,
+        model: Any,
+        model_type: str,
+        rel_l1_thresh: float,
+        start_percent: float,
+        end_percent: float,
+        cache_device: str,
+        coefficients: str = "",
+    ) -> tuple[Any]:
         family = detect(model)
         if family is None:
             logger.warning(
                 "Apply TeaCache: %s is not supported (supported: %s); the model passes through unchanged",
-                diffusion_model_class(model), SUPPORTED,
+                diffusion_model_class(model),
+                SUPPORTED,
             )
             return (model,)
         preset = PRESETS[family.auto_preset(model) if model_type == "auto" else model_type]
         if preset.family != family.name:
-            logger.warning("Apply TeaCache: preset %s was made for %s, not for this %s model",
-                           preset.name, preset.family, family.name)
+            logger.warning(
+                "Apply TeaCache: preset %s was made for %s, not for this %s model",
+                preset.name,
+                preset.family,
+                family.name,
+            )
         if preset.borrowed:
             logger.info("Apply TeaCache: %s", preset.describe())
         config = build_config(preset, rel_l1_thresh, start_percent, end_percent, cache_device, coefficients)

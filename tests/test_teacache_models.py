@@ -1,6 +1,7 @@
 """Apply TeaCache on tiny models of every family, sampled by ComfyUI's own samplers."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -201,6 +202,21 @@ def test_wan22_experts_are_patched_independently_in_a_split_schedule(models) -> 
     assert all(r.computed for r in low_run.records)
 
 
+def test_the_input_model_is_never_modified(models) -> None:
+    model = models["flux"]
+    options_before = repr(model.model_options)
+    wrappers_before = repr(model.wrappers)
+    patched = teacache(model, 0.5)
+    assert repr(model.model_options) == options_before and repr(model.wrappers) == wrappers_before
+    assert PATCH_KEY in patched.model_options["transformer_options"]
+    # Applying the node again replaces its settings rather than stacking two TeaCaches.
+    twice = teacache(patched, 0.0)
+    hooks = twice.model_options["transformer_options"]["patches_replace"]["dit"]
+    assert all(hook.previous is None for hook in hooks.values())
+    assert len(twice.wrappers["outer_sample"][PATCH_KEY]) == 1
+    assert torch.equal(sample(twice, "flux"), sample(model, "flux"))
+
+
 def test_auto_picks_the_family_preset(models) -> None:
     expected = {"flux": "flux", "wan21_t2v": "wan2.1_t2v_1.3B", "wan21_i2v": "wan2.1_i2v_480p_14B",
                 "wan22_5b": "wan2.2_ti2v_5B", "hunyuan_video": "hunyuan_video", "qwen_image": "qwen_image",
@@ -238,3 +254,33 @@ def test_invalid_inputs_are_rejected_naming_the_input(inputs, message) -> None:
     assert ApplyTeaCache.VALIDATE_INPUTS(**(values | {k: v for k, v in {
         "model_type": "auto", "rel_l1_thresh": 0.2, "start_percent": 0.0, "end_percent": 1.0,
         "cache_device": "main_device", "coefficients": ""}.items() if k in inputs})) is True
+
+
+def test_a_failure_inside_caching_falls_back_to_computing(models, caplog) -> None:
+    model = models["wan21_t2v"]
+    patched = teacache(model, 100.0)
+    patch = patched.model_options["transformer_options"][PATCH_KEY]
+
+    def broken_indicator(*args: Any) -> torch.Tensor:
+        raise RuntimeError("indicator exploded")
+
+    patch.family = dataclasses.replace(patch.family, indicator=broken_indicator)
+    with caplog.at_level(logging.WARNING):
+        result = sample(patched, "wan21_t2v")
+    assert torch.equal(result, sample(model, "wan21_t2v"))
+    assert len([r for r in caplog.records if "indicator exploded" in r.getMessage()]) == 1
+
+
+def test_another_packs_block_replacement_still_runs_on_computed_blocks(models) -> None:
+    model = models["flux"].clone()
+    seen: list[int] = []
+
+    def other_pack(args: dict, extra: dict) -> dict:
+        seen.append(1)
+        return extra["original_block"](args)
+
+    model.set_model_patch_replace(other_pack, "dit", "single_block", 1)
+    patched = teacache(model, 0.6)
+    sample(patched, "flux")
+    run = last_run(patched)
+    assert 0 < len(seen) == run.calls_computed < run.calls

