@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST := .host
 HOST_COMFYUI := $(CURDIR)/$(HOST)/ComfyUI
 COMFYUI_PATH ?= $(HOST_COMFYUI)
-PACK_LINK := $(COMFYUI_PATH)/custom_nodes/comfyui-dit-cache
+PACK_LINK := $(HOST_COMFYUI)/custom_nodes/comfyui-dit-cache
 export COMFYUI_PATH
 
 .PHONY: test run setup
@@ -16,7 +16,8 @@ test: setup
 run: setup
 	$(PY) tests/demo.py
 
-setup: $(VENV)/.deps $(PACK_LINK)
+# The pack is linked into the ComfyUI this Makefile unpacked, never into your own checkout.
+setup: $(VENV)/.deps $(if $(filter $(HOST_COMFYUI),$(COMFYUI_PATH)),$(PACK_LINK))
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -36,5 +37,5 @@ $(VENV)/.deps: $(VENV)/.torch $(COMFYUI_PATH)/main.py requirements.txt requireme
 	$(PY) -m pip install -q -r $(HOST)/comfyui-requirements.txt -r requirements.txt -r requirements-test.txt
 	touch $@
 
-$(PACK_LINK):
+$(PACK_LINK): | $(HOST_COMFYUI)/main.py
 	ln -sfn $(CURDIR) $@

@@ -284,3 +284,43 @@ def test_another_packs_block_replacement_still_runs_on_computed_blocks(models) -
     sample(patched, "flux")
     run = last_run(patched)
     assert 0 < len(seen) == run.calls_computed < run.calls
+
+
+def test_wan22_5b_with_per_frame_timesteps(models) -> None:
+    # A noise mask that keeps the first frame (as Wan22ImageToVideoLatent sets it) makes
+    # ComfyUI give the 5B model one timestep per frame; TeaCache's indicator follows them.
+    model = models["wan22_5b"]
+    mask = torch.ones(1, 1, 3, 8, 8)
+    mask[:, :, 0] = 0.0
+    expected = sample(model, "wan22_5b", noise_mask=mask)
+    assert torch.equal(sample(teacache(model, 0.0), "wan22_5b", noise_mask=mask), expected)
+    probe_run = teacache(model, 0.0)
+    with ModelProbe(probe_run, "wan") as probe:
+        sample(probe_run, "wan22_5b", noise_mask=mask)
+    assert probe.calls[0].modulated[0].shape[1] > 1  # one embedding per token: per-frame timesteps
+    patched = teacache(model, skipping_threshold(last_run(probe_run).records))
+    result = sample(patched, "wan22_5b", noise_mask=mask)
+    assert 0 < last_run(patched).steps_computed < STEPS
+    assert torch.equal(result[:, :, 0], expected[:, :, 0])  # the kept frame stays exactly as given
+
+
+def test_wan_ret_mode_measures_e0_warms_up_five_steps_and_does_not_force_the_last(models) -> None:
+    model = models["wan21_t2v"]
+    patched = teacache(model, 0.0, model_type="wan2.1_t2v_1.3B_ret")
+    captured: list[torch.Tensor] = []
+    block0 = model.model.diffusion_model.blocks[0]
+    handle = block0.register_forward_pre_hook(lambda m, a, k: captured.append(k["e"].clone()), with_kwargs=True)
+    try:
+        sample(patched, "wan21_t2v")
+    finally:
+        handle.remove()
+    independent = [relative_l1(a, b) for a, b in zip(captured, captured[1:])]
+    assert [r.rel_l1[0] for r in last_run(patched).records[1:]] == pytest.approx(independent, rel=1e-4)
+
+    thresh = 10.0
+    patched = teacache(model, thresh, model_type="wan2.1_t2v_1.3B_ret")
+    sample(patched, "wan21_t2v")
+    run = last_run(patched)
+    decisions = [r.computed for r in run.records]
+    assert decisions == replay_rule(run.records, thresh, (1.0, 0.0), STEPS, warmup=5, force_last=False)
+    assert decisions[:5] == [True] * 5 and decisions[-1] is False
