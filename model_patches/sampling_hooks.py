@@ -117,21 +117,28 @@ def _call_arguments(original: Callable, args: tuple, kwargs: dict) -> dict[str, 
     return named
 
 
+def _transformer_options(args: tuple, kwargs: dict) -> dict:
+    """Found without binding: ComfyUI passes them by keyword, or last among the positionals."""
+    options = kwargs.get("transformer_options")
+    if isinstance(options, dict):
+        return options
+    return next((a for a in reversed(args) if isinstance(a, dict) and "sigmas" in a), {})
+
+
 def _diffusion_model_wrapper(run_key: str, executor: Any, *args: Any, **kwargs: Any) -> Any:
+    run = _transformer_options(args, kwargs).get(run_key)
+    if run is None or run.failed:
+        return executor(*args, **kwargs)
     try:
         named = _call_arguments(executor.original, args, kwargs)
-        transformer_options = named.get("transformer_options") or {}
-        run = transformer_options.get(run_key)
-        if run is not None and not run.failed:
-            timestep = named.get("timestep", named.get("timesteps"))
-            run.begin_call(transformer_options, timestep, named.get("control") is not None)
-    except Exception as error:  # a newer ComfyUI's signature: pass through, never break sampling
-        run = locals().get("run")
-        if isinstance(run, SamplingRun):
-            run.fail(error)
-        else:
-            logger.warning("dit-cache: cannot read this diffusion model call (%r); passing through", error)
-    return executor(*args, **kwargs)
+        timestep = named.get("timestep", named.get("timesteps"))
+        run.begin_call(named["transformer_options"], timestep, named.get("control") is not None)
+    except Exception as error:  # e.g. a newer ComfyUI's signature: pass through, never break sampling
+        run.fail(error)
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        run.call = None  # block hooks outside this call must never act on it
 
 
 def _outer_sample_wrapper(patch_key: str, executor: Any, *args: Any, **kwargs: Any) -> Any:
