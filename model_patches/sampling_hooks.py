@@ -145,7 +145,11 @@ def _outer_sample_wrapper(patch_key: str, executor: Any, *args: Any, **kwargs: A
     guider = executor.class_obj
     patch = guider.model_options.get("transformer_options", {}).get(patch_key)
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
-    run = patch.start_run(guider, sigmas) if patch is not None else None
+    try:
+        run = patch.start_run(guider, sigmas) if patch is not None else None
+    except Exception as error:  # never let the cache stop a render: sample uncached
+        logger.warning("dit-cache: cannot start caching for this run, sampling without it: %r", error)
+        run = None
     if run is None:
         return executor(*args, **kwargs)
     original_options = guider.model_options

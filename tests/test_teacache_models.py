@@ -324,3 +324,21 @@ def test_wan_ret_mode_measures_e0_warms_up_five_steps_and_does_not_force_the_las
     decisions = [r.computed for r in run.records]
     assert decisions == replay_rule(run.records, thresh, (1.0, 0.0), STEPS, warmup=5, force_last=False)
     assert decisions[:5] == [True] * 5 and decisions[-1] is False
+
+
+def test_one_step_and_multi_evaluation_samplers_count_steps_from_the_schedule(models) -> None:
+    model = models["flux"]
+    one = teacache(model, 100.0)
+    assert torch.equal(sample(one, "flux", steps=1), sample(model, "flux", steps=1))
+    assert last_run(one).steps_computed == last_run(one).total_steps == 1
+
+    heun = teacache(model, 0.8)
+    latent = tm.latent("flux")["samples"]
+    noise = comfy.sample.prepare_noise(latent, 0)
+    pos, neg = tm.conditioning("flux", seed=1), tm.conditioning("flux", seed=2)
+    comfy.sample.sample(heun, noise, 6, 1.0, "heun", "simple", pos, neg, latent, disable_pbar=True, seed=0)
+    run = last_run(heun)
+    steps = [r.step for r in run.records]
+    # Heun evaluates twice per step except the last: each call lands in its own step.
+    assert steps == sorted(steps) and set(steps) == set(range(6)) and len(steps) == 11
+    assert [r.computed for r in run.records] == replay_rule(run.records, 0.8, (1.0, 0.0), 6)
