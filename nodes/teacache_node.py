@@ -21,6 +21,24 @@ def _preset_list() -> str:
     )
 
 
+_LINKED_STAND_INS = {
+    "model_type": "auto",
+    "rel_l1_thresh": 0.0,
+    "start_percent": 0.0,
+    "end_percent": 1.0,
+    "cache_device": CACHE_DEVICES[0],
+    "coefficients": "",
+}
+
+
+def _number(name: str, value: object) -> float:
+    """float(value), with an error that names the input (float() alone names only the value)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
 def build_config(
     preset: TeaCachePreset,
     rel_l1_thresh: float,
@@ -133,13 +151,25 @@ class ApplyTeaCache:
         cache_device: str,
         coefficients: str = "",
     ) -> bool | str:
+        given = {
+            "model_type": model_type,
+            "rel_l1_thresh": rel_l1_thresh,
+            "start_percent": start_percent,
+            "end_percent": end_percent,
+            "cache_device": cache_device,
+            "coefficients": coefficients,
+        }
+        # ComfyUI passes None for an input linked from another node: its value exists only at run
+        # time, where build_config checks it; a permissive stand-in lets the other inputs be checked.
+        values = {name: _LINKED_STAND_INS[name] if value is None else value for name, value in given.items()}
         try:
-            preset = PRESETS.get(model_type) or next(iter(PRESETS.values()))
-            if model_type != "auto" and model_type not in PRESETS:
-                raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
-            if not 0.0 <= float(rel_l1_thresh) <= 10.0:
-                raise ValueError(f"rel_l1_thresh must be between 0 and 10, got {rel_l1_thresh}")
-            build_config(preset, rel_l1_thresh, start_percent, end_percent, cache_device, coefficients)
+            preset = PRESETS.get(values["model_type"]) or next(iter(PRESETS.values()))
+            if values["model_type"] != "auto" and values["model_type"] not in PRESETS:
+                raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {values['model_type']!r}")
+            thresh, start, end = (_number(n, values[n]) for n in ("rel_l1_thresh", "start_percent", "end_percent"))
+            if not 0.0 <= thresh <= 10.0:
+                raise ValueError(f"rel_l1_thresh must be between 0 and 10, got {thresh}")
+            build_config(preset, thresh, start, end, values["cache_device"], values["coefficients"])
         except (TypeError, ValueError) as error:
             return str(error)
         return True

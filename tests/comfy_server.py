@@ -100,8 +100,7 @@ class ComfyServer:
         self.port = port or free_port()
         self.frontend = frontend
         self.ready_timeout_s = ready_timeout_s
-        self.base_dir = Path(tempfile.mkdtemp(prefix="dit-cache-comfyui-"))
-        self.log_path = self.base_dir / "server.log"
+        self._base_dir: Path | None = None  # a fresh temporary directory per start()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -109,8 +108,18 @@ class ComfyServer:
         return f"http://{HOST}:{self.port}"
 
     @property
+    def base_dir(self) -> Path:
+        if self._base_dir is None:
+            raise RuntimeError("the server is not running")
+        return self._base_dir
+
+    @property
     def output_dir(self) -> Path:
         return self.base_dir / "output"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base_dir / "server.log"
 
     def __enter__(self) -> ComfyServer:
         try:
@@ -124,12 +133,14 @@ class ComfyServer:
         self.stop()
 
     def start(self) -> None:
+        self._base_dir = Path(tempfile.mkdtemp(prefix="dit-cache-comfyui-"))
         self._prepare_base_dir()
         command = [
             sys.executable, "main.py", "--cpu", "--listen", HOST, "--port", str(self.port),
             "--disable-auto-launch", "--base-directory", str(self.base_dir),
-            # ComfyUI's default database sits inside its own folder: keep this run's in memory.
-            "--database-url", "sqlite:///:memory:",
+            # ComfyUI's default database sits inside its own folder: keep this run's with its base dir
+            # (an in-memory one hits sqlite threading errors).
+            "--database-url", f"sqlite:///{self.base_dir / 'comfyui.db'}",
         ]
         if not self.frontend:
             command += ["--front-end-root", str(self.base_dir / "no-frontend")]
@@ -151,12 +162,14 @@ class ComfyServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        shutil.rmtree(self.base_dir, ignore_errors=True)
+        base_dir, self._base_dir = self._base_dir, None
+        if base_dir is not None:
+            shutil.rmtree(base_dir, ignore_errors=True)
 
     def _prepare_base_dir(self) -> None:
         custom_nodes = self.base_dir / "custom_nodes"
         models = self.base_dir / "models" / "diffusion_models"
-        for folder in (custom_nodes, models, self.base_dir / "user", self.base_dir / "no-frontend"):
+        for folder in (custom_nodes, models, self.base_dir / "no-frontend"):
             folder.mkdir(parents=True, exist_ok=True)
         (custom_nodes / PACK_DIR_NAME).symlink_to(ROOT, target_is_directory=True)
         (custom_nodes / TEST_NODES_DIR_NAME).symlink_to(TEST_NODES, target_is_directory=True)

@@ -7,12 +7,10 @@ from typing import Any
 
 import comfy.sample
 import pytest
-import torch
-
 import tiny_models as tm
-from probes import ModelProbe, relative_l1, replay_rule
-
+import torch
 from dit_cache.nodes.teacache_node import ApplyTeaCache
+from probes import ModelProbe, relative_l1, replay_rule
 
 STEPS = 8
 IDENTITY = "1, 0"  # rescale(x) = x: thresholds then read directly as accumulated relative L1

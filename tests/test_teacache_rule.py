@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from dit_cache.caching.schedule import StepSchedule
 from dit_cache.caching.teacache import TeaCacheConfig, TeaCacheRun, relative_l1, rescale
 from dit_cache.caching.teacache_presets import PRESETS, parse_coefficients

@@ -28,9 +28,8 @@ import comfy.patcher_extension  # noqa: E402
 import comfy.sample  # noqa: E402
 import pytest  # noqa: E402
 import safetensors.torch  # noqa: E402
-import torch  # noqa: E402
-
 import tiny_models  # noqa: E402
+import torch  # noqa: E402
 from tiny_models import EXTRA_VARIANTS, SPLIT_LENGTHS, VARIANTS  # noqa: E402
 
 ALL_VARIANTS = VARIANTS + EXTRA_VARIANTS

@@ -10,11 +10,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import safetensors.torch
 import torch
-
 from comfy_server import checkpoint_name, import_tiny_models
 
 tiny_models = import_tiny_models()
@@ -39,7 +38,7 @@ class EasyCache:
     reuse_threshold: float = 0.2
     start_percent: float = 0.15
     end_percent: float = 0.95
-    label = "easycache"
+    label: ClassVar[str] = "easycache"
 
     def node(self, model: Link) -> dict[str, Any]:
         return {"class_type": "EasyCache", "inputs": {"model": model, **asdict(self), "verbose": False}}
@@ -55,7 +54,7 @@ class TeaCache:
     end_percent: Any = 1.0
     cache_device: Any = "main_device"
     coefficients: Any = ""
-    label = "teacache"
+    label: ClassVar[str] = "teacache"
 
     def node(self, model: Link) -> dict[str, Any]:
         return {"class_type": "DiTCache_ApplyTeaCache", "inputs": {"model": model, **asdict(self)}}
@@ -66,7 +65,8 @@ Method = EasyCache | TeaCache | None
 
 def loader(variant: str) -> dict[str, Any]:
     if variant in tiny_models.FILE_VARIANTS:
-        return {"class_type": "UNETLoader", "inputs": {"unet_name": checkpoint_name(variant), "weight_dtype": "default"}}
+        inputs = {"unet_name": checkpoint_name(variant), "weight_dtype": "default"}
+        return {"class_type": "UNETLoader", "inputs": inputs}
     return {"class_type": "DiTCacheTest_TinyModel", "inputs": {"variant": variant}}
 
 

@@ -1,0 +1,154 @@
+"""End to end: the real ComfyUI server loads the pack and runs Apply TeaCache workflows.
+
+One server for the whole module (start-up is the slow part); every workflow is posted to
+/prompt the way the browser UI does, and results are read back from SaveLatent's files
+and from the server's own log.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import dit_cache
+import pytest
+import tiny_models
+import torch
+import workflows_api as wf
+from comfy_server import ComfyServer, PromptRejected, PromptRun
+
+NODE = "DiTCache_ApplyTeaCache"
+TEST_NODES = {"DiTCacheTest_TinyModel", "DiTCacheTest_Conditioning", "DiTCacheTest_Latent"}
+STEPS = 6
+IDENTITY = "1, 0"  # rescale(x) = x: the threshold reads directly as accumulated relative L1
+FAMILY = {
+    "flux": "flux", "wan21_t2v": "wan", "wan22_5b": "wan", "hunyuan_video": "hunyuan_video",
+    "qwen_image": "qwen_image", "z_image": "z_image",
+}
+TEACACHE_LINE = re.compile(
+    r"TeaCache \[(?P<family>[^,\]]+), (?P<tag>[^\]]+)\]: computed (?P<computed>\d+)/(?P<total>\d+) steps"
+)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ComfyServer]:
+    with ComfyServer() as running:
+        yield running
+
+
+def run_ok(server: ComfyServer, graph: dict[str, Any]) -> PromptRun:
+    run = server.run(graph)
+    assert run.status == "success", f"{run.error}\n{server.log_tail()}"
+    return run
+
+
+def latent_of(server: ComfyServer, run: PromptRun) -> torch.Tensor:
+    return wf.saved_latent(run.history, server.output_dir)
+
+
+def teacache_lines(log: str) -> list[re.Match[str]]:
+    return list(TEACACHE_LINE.finditer(log))
+
+
+def test_object_info_describes_apply_teacache(server: ComfyServer) -> None:
+    info = server.object_info(NODE)
+    assert info["display_name"] == "Apply TeaCache"
+    assert info["category"] == "DiT Cache"
+    assert "TeaCache" in info["description"]
+    assert info["output"] == ["MODEL"]
+    required, optional = info["input"]["required"], info["input"]["optional"]
+    assert list(required) == ["model", "model_type", "rel_l1_thresh", "start_percent", "end_percent", "cache_device"]
+    assert list(optional) == ["coefficients"]
+    assert required["model"][0] == "MODEL"
+    model_types = required["model_type"][0]
+    assert model_types[0] == "auto" and required["model_type"][1]["default"] == "auto"
+    assert {"flux", "hunyuan_video", "wan2.1_t2v_14B", "wan2.2_ti2v_5B", "qwen_image", "z_image"} <= set(model_types)
+    assert model_types == list(dit_cache.caching.teacache_presets.MODEL_TYPES)
+    thresh_type, thresh = required["rel_l1_thresh"]
+    assert thresh_type == "FLOAT" and (thresh["min"], thresh["max"], thresh["default"]) == (0.0, 10.0, 0.2)
+    for name, default in (("start_percent", 0.0), ("end_percent", 1.0)):
+        assert required[name][0] == "FLOAT"
+        assert (required[name][1]["min"], required[name][1]["max"], required[name][1]["default"]) == (0.0, 1.0, default)
+    assert required["cache_device"][0] == ["main_device", "cpu"]
+    assert optional["coefficients"][0] == "STRING" and optional["coefficients"][1]["default"] == ""
+    for name, (_, options) in {**required, **optional}.items():
+        assert options.get("tooltip"), f"{name} has no tooltip"
+
+
+def test_test_nodes_are_served_but_never_registered_by_the_pack(server: ComfyServer) -> None:
+    assert set(dit_cache.NODE_CLASS_MAPPINGS) == {NODE}
+    info = server.all_object_info()
+    assert {name for name in info if name.startswith("DiTCacheTest_")} == TEST_NODES
+    assert {info[name]["python_module"] for name in TEST_NODES} == {"custom_nodes.dit_cache_test_nodes"}
+    assert info[NODE]["python_module"] == "custom_nodes.comfyui-dit-cache"
+
+
+def test_the_easycache_builder_sends_the_nodes_own_defaults(server: ComfyServer) -> None:
+    inputs = server.object_info("EasyCache")["input"]["required"]
+    assert inputs["start_percent"][1]["default"] == wf.EasyCache.start_percent
+    assert inputs["end_percent"][1]["default"] == wf.EasyCache.end_percent
+
+
+@pytest.mark.parametrize("variant", wf.FAMILY_VARIANTS)
+def test_teacache_workflow_runs_per_family(server: ComfyServer, variant: str) -> None:
+    shape = tiny_models.latent(variant)["samples"].shape
+    plain = latent_of(server, run_ok(server, wf.graph(variant, steps=STEPS)))
+    assert plain.shape == shape and torch.isfinite(plain).all()
+
+    # Threshold 0: the patched path runs every step and changes nothing, bit for bit.
+    exact = run_ok(server, wf.graph(variant, wf.TeaCache(rel_l1_thresh=0.0), steps=STEPS))
+    assert torch.equal(latent_of(server, exact), plain)
+    (line,) = teacache_lines(exact.log)
+    assert line["family"] == FAMILY[variant]
+    assert (int(line["computed"]), int(line["total"])) == (STEPS, STEPS)
+
+    skipping = run_ok(server, wf.graph(variant, wf.TeaCache(rel_l1_thresh=1.0, coefficients=IDENTITY), steps=STEPS))
+    latent = latent_of(server, skipping)
+    assert latent.shape == shape and torch.isfinite(latent).all()
+    (line,) = teacache_lines(skipping.log)
+    assert line["family"] == FAMILY[variant] and line["tag"].startswith("TeaCache_R1.00")
+    assert int(line["computed"]) < int(line["total"]) == STEPS
+    assert not torch.equal(latent, plain)  # skipped steps replayed a cached residual
+
+
+@pytest.mark.parametrize(
+    ("inputs", "named"),
+    [
+        ({"rel_l1_thresh": -1.0}, "rel_l1_thresh"),
+        ({"start_percent": 0.9, "end_percent": 0.1}, "start_percent"),
+        ({"coefficients": "1, two"}, "coefficients"),
+        ({"cache_device": "gpu7"}, "cache_device"),
+        ({"rel_l1_thresh": "abc"}, "rel_l1_thresh"),
+    ],
+)
+def test_invalid_inputs_are_rejected_and_the_server_keeps_serving(
+    server: ComfyServer, inputs: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(PromptRejected) as rejected:
+        server.post_prompt(wf.graph("flux", wf.TeaCache(**inputs), steps=2))
+    assert rejected.value.status == 400
+    body = rejected.value.body
+    assert body["error"]["type"] == "prompt_outputs_failed_validation"
+    assert list(body["node_errors"]) == [wf.METHOD]
+    errors = body["node_errors"][wf.METHOD]["errors"]
+    assert errors and all(named in f"{e['message']} {e['details']}" for e in errors), errors
+
+    run_ok(server, wf.graph("flux", wf.TeaCache(rel_l1_thresh=0.0), steps=2))
+
+
+def test_a_threshold_from_a_linked_node_is_accepted(server: ComfyServer) -> None:
+    """VALIDATE_INPUTS sees None for a linked widget; its value only exists at run time."""
+    graph = wf.graph("flux", wf.TeaCache(coefficients=IDENTITY), steps=STEPS)
+    graph["threshold"] = {"class_type": "PrimitiveFloat", "inputs": {"value": 1.0}}
+    graph[wf.METHOD]["inputs"]["rel_l1_thresh"] = ["threshold", 0]
+    (line,) = teacache_lines(run_ok(server, graph).log)
+    assert line["tag"].startswith("TeaCache_R1.00") and int(line["computed"]) < STEPS
+
+
+def test_an_unsupported_model_passes_through_with_one_warning(server: ComfyServer) -> None:
+    plain = latent_of(server, run_ok(server, wf.graph("lumina2", steps=STEPS)))
+    run = run_ok(server, wf.graph("lumina2", wf.TeaCache(rel_l1_thresh=1.0, coefficients=IDENTITY), steps=STEPS))
+    warnings = [line for line in run.log.splitlines() if "NextDiT" in line]
+    assert len(warnings) == 1 and "not supported" in warnings[0], warnings
+    assert not teacache_lines(run.log)
+    assert torch.equal(latent_of(server, run), plain)
