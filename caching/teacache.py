@@ -140,10 +140,8 @@ class TeaCacheRun:
 
     def summary(self) -> RunSummary:
         computed_steps = {r.step for r in self.records if r.computed}
-        called_steps = {r.step for r in self.records}
         return RunSummary(
             total_steps=self.total_steps,
-            steps_called=len(called_steps),
             steps_computed=len(computed_steps),
             calls=len(self.records),
             calls_computed=sum(r.computed for r in self.records),
@@ -156,7 +154,6 @@ class RunSummary:
     """What a run did, kept on the patched model for logs, reports and tests."""
 
     total_steps: int
-    steps_called: int
     steps_computed: int
     calls: int
     calls_computed: int

@@ -39,7 +39,6 @@ class TeaCachePatch:
             logger.info("TeaCache: %s", reason)
             self.last_run = RunSummary(
                 total_steps=len(sigmas) - 1,
-                steps_called=0,
                 steps_computed=0,
                 calls=0,
                 calls_computed=0,
