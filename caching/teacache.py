@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .records import CallRecord, RunSummary
+
 
 @dataclass(frozen=True)
 class TeaCacheConfig:
@@ -69,16 +71,6 @@ class BranchState:
     previous: torch.Tensor | None = None
     accumulated: float = 0.0
     residual: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
-class CallRecord:
-    """One model call: its step, branches, the raw relative L1 change per branch, the verdict."""
-
-    step: int
-    branches: tuple[Hashable, ...]
-    rel_l1: tuple[float | None, ...]
-    computed: bool
 
 
 @dataclass
@@ -139,32 +131,7 @@ class TeaCacheRun:
         return hidden + residual.to(device=hidden.device, dtype=hidden.dtype)
 
     def summary(self) -> RunSummary:
-        computed_steps = {r.step for r in self.records if r.computed}
-        return RunSummary(
-            total_steps=self.total_steps,
-            steps_computed=len(computed_steps),
-            calls=len(self.records),
-            calls_computed=sum(r.computed for r in self.records),
-            records=tuple(self.records),
-        )
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What a run did, kept on the patched model for logs, reports and tests."""
-
-    total_steps: int
-    steps_computed: int
-    calls: int
-    calls_computed: int
-    records: tuple[CallRecord, ...] = ()
-    disabled: str | None = None  # why the method was off for this run
-
-    @property
-    def skipped_steps(self) -> list[int]:
-        """Steps in which no call computed."""
-        computed = {r.step for r in self.records if r.computed}
-        return sorted({r.step for r in self.records} - computed)
+        return RunSummary(self.total_steps, tuple(self.records))
 
 
 def relative_l1(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:

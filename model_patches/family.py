@@ -25,7 +25,7 @@ class CallInfo:
     step: int
     in_window: bool
     timestep: torch.Tensor | None
-    has_control: bool
+    between_blocks: bool  # ControlNet residuals or per-block patches act between blocks
     txt_len: int = 0
     img_len: int = 0
 

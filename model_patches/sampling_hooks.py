@@ -39,6 +39,7 @@ class SamplingRun:
         self.failed = False
 
     def begin_call(self, transformer_options: dict, timestep: torch.Tensor | None, has_control: bool) -> None:
+        """Where this call sits; `has_control`: the call carries ControlNet residuals."""
         sigma = float(transformer_options["sigmas"][0])
         keys = transformer_options.get("uuids") or transformer_options.get("cond_or_uncond") or [0]
         self.call = CallInfo(
@@ -46,7 +47,7 @@ class SamplingRun:
             step=self.schedule.step_index(sigma),
             in_window=self.schedule.in_window(sigma),
             timestep=timestep,
-            has_control=has_control,
+            between_blocks=has_control or bool(transformer_options.get("patches", {}).get("double_block")),
         )
 
     def on_block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:

@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
+from ..caching.records import RunSummary
 from ..caching.schedule import StepSchedule
-from ..caching.teacache import RunSummary, TeaCacheConfig, TeaCacheRun
+from ..caching.teacache import TeaCacheConfig, TeaCacheRun
 from ..caching.teacache_presets import TeaCachePreset
 from .family import BlockArgs, Family
 from .sampling_hooks import RunBlock, SamplingRun, identity, install
@@ -37,13 +38,7 @@ class TeaCachePatch:
                 f"{self.family.name}: TeaCache is off for this run (set cfg to 1 to use it)"
             )
             logger.info("TeaCache: %s", reason)
-            self.last_run = RunSummary(
-                total_steps=len(sigmas) - 1,
-                steps_computed=0,
-                calls=0,
-                calls_computed=0,
-                disabled=reason,
-            )
+            self.last_run = RunSummary(len(sigmas) - 1, disabled=reason)
             return None
         sampling = guider.model_patcher.model.model_sampling
         schedule = StepSchedule(
@@ -102,12 +97,12 @@ class TeaCacheSampling(SamplingRun):
         call = self.call
         indicator = self.family.indicator(self.diffusion_model, args, call, self.patch.preset.indicator)
         chunks = indicator.chunk(len(call.keys))
-        return self.run.decide(call.keys, chunks, call.step, call.in_window and not call.has_control)
+        return self.run.decide(call.keys, chunks, call.step, call.in_window and not call.between_blocks)
 
     def _store(self, kind: str, out: BlockArgs) -> None:
         call = self.call
         try:
-            if call.has_control:  # control residuals are not the model's own: never replay them
+            if call.between_blocks:  # what acts between blocks is not the model's own: never replay it
                 residual = None
             else:
                 residual = self.family.image_tokens(kind, out["img"], call) - self.stack_input

@@ -340,3 +340,17 @@ def test_one_step_and_multi_evaluation_samplers_count_steps_from_the_schedule(mo
     # Heun evaluates twice per step except the last: each call lands in its own step.
     assert steps == sorted(steps) and set(steps) == set(range(6)) and len(steps) == 11
     assert [r.computed for r in run.records] == replay_rule(run.records, 0.8, (1.0, 0.0), 6)
+
+
+def test_per_block_patches_force_computing_and_keep_running(models) -> None:
+    model = models["qwen_image"].clone()
+    seen: list[int] = []
+
+    def double_block_patch(args: dict) -> dict:
+        seen.append(args["block_index"])
+        return {"img": args["img"], "txt": args["txt"]}
+
+    model.set_model_patch(double_block_patch, "double_block")
+    patched = teacache(model, 100.0)
+    assert torch.equal(sample(patched, "qwen_image"), sample(model, "qwen_image"))
+    assert all(r.computed for r in last_run(patched).records) and len(seen) == 2 * STEPS * 3

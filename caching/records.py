@@ -1,0 +1,44 @@
+"""What a caching run did, call by call: shared by every method, kept for logs, reports and tests."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One model call: its sampler step, CFG branches, each branch's measured change, the verdict."""
+
+    step: int
+    branches: tuple[Hashable, ...]
+    rel_l1: tuple[float | None, ...]  # the method's relative L1 signal per branch (None: not measured)
+    computed: bool
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One sampling run of a method."""
+
+    total_steps: int
+    records: tuple[CallRecord, ...] = ()
+    disabled: str | None = None  # why the method was off for this run
+
+    @property
+    def calls(self) -> int:
+        return len(self.records)
+
+    @property
+    def calls_computed(self) -> int:
+        return sum(r.computed for r in self.records)
+
+    @property
+    def steps_computed(self) -> int:
+        """Steps in which at least one call computed."""
+        return len({r.step for r in self.records if r.computed})
+
+    @property
+    def skipped_steps(self) -> list[int]:
+        """Steps in which no call computed."""
+        computed = {r.step for r in self.records if r.computed}
+        return sorted({r.step for r in self.records} - computed)
