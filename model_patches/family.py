@@ -44,6 +44,8 @@ class Family:
             cat(img, txt) (False), where the image tokens sit in those blocks' output.
         cfg_shares_state: TeaCache keeps one state for both CFG branches in the reference
             (SGLang) implementation, so it is disabled while CFG is active.
+        text_stream_kinds: block kinds whose "txt" is a text stream the blocks update (not a
+            fixed context, as Wan's is): Cache-DiT caches that stream's residual too.
         object_patches: attribute name on the diffusion model -> factory of a replacement,
             for families whose ComfyUI forward has no `patches_replace` (Z-Image).
     """
@@ -54,6 +56,7 @@ class Family:
     default_preset: str
     joint_text_first: bool | None = None
     cfg_shares_state: bool = False
+    text_stream_kinds: frozenset[str] = frozenset()
     object_patches: dict[str, Callable[[torch.nn.Module], Any]] = field(default_factory=dict)
     choose_preset: Callable[[Any], str] | None = None
 
@@ -67,6 +70,16 @@ class Family:
         if self.joint_text_first:
             return hidden[:, call.txt_len :]
         return hidden[:, : call.img_len]
+
+    def joint(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        """The sequence single blocks run on, as ComfyUI's loop concatenates the two streams."""
+        return torch.cat((txt, img) if self.joint_text_first else (img, txt), dim=1)
+
+    def split(self, joint: torch.Tensor, call: CallInfo) -> tuple[torch.Tensor, torch.Tensor]:
+        """(img, txt) of a joint sequence: the inverse of `joint`."""
+        if self.joint_text_first:
+            return joint[:, call.txt_len :], joint[:, : call.txt_len]
+        return joint[:, : call.img_len], joint[:, call.img_len :]
 
 
 def config_name(model_patcher: Any) -> str:

@@ -13,6 +13,7 @@ def _indicator(dm: torch.nn.Module, args: BlockArgs, call: CallInfo, mode: str) 
 
 
 FAMILY = Family(
+    text_stream_kinds=frozenset({"double_block"}),
     name="hunyuan_video",
     block_keys=double_then_single_keys,
     indicator=_indicator,

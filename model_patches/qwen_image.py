@@ -18,6 +18,7 @@ def _indicator(dm: torch.nn.Module, args: BlockArgs, call: CallInfo, mode: str) 
 
 
 FAMILY = Family(
+    text_stream_kinds=frozenset({"double_block"}),
     name="qwen_image",
     block_keys=_block_keys,
     indicator=_indicator,

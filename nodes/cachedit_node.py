@@ -1,0 +1,202 @@
+"""Apply Cache-DiT (DBCache / TaylorSeer / SCM): validate, build the config, patch a clone."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..caching.dbcache import DBCacheConfig
+from ..model_patches.registry import SUPPORTED, detect, diffusion_model_class
+
+logger = logging.getLogger(__name__)
+
+SCM_PRESETS = ("none", "slow", "medium", "fast", "ultra", "custom")
+
+_DEFAULTS: dict[str, Any] = {
+    "Fn_compute_blocks": 1,
+    "Bn_compute_blocks": 0,
+    "residual_diff_threshold": 0.24,
+    "max_warmup_steps": 4,
+    "warmup_interval": 1,
+    "max_cached_steps": -1,
+    "max_continuous_cached_steps": 3,
+    "enable_taylorseer": False,
+    "taylorseer_order": 1,
+    "taylorseer_cache_type": "residual",
+    "scm_preset": "none",
+    "scm_policy": "dynamic",
+    "scm_compute_bins": "",
+    "scm_cache_bins": "",
+    "max_accumulated_residual_diff_threshold": 0.0,
+}
+
+
+def _bins(name: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in str(text).replace(";", ",").split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"{name}: cannot parse {text!r}; give comma-separated whole numbers, e.g. '6, 2, 2'") from None
+
+
+def build_config(**inputs: Any) -> DBCacheConfig:
+    """The node's inputs as a validated config (ValueError names the input); None = linked, use default."""
+    values = {name: _DEFAULTS[name] if inputs.get(name) is None else inputs[name] for name in _DEFAULTS}
+    accumulated = float(values["max_accumulated_residual_diff_threshold"])
+    return DBCacheConfig(
+        Fn_compute_blocks=int(values["Fn_compute_blocks"]),
+        Bn_compute_blocks=int(values["Bn_compute_blocks"]),
+        residual_diff_threshold=float(values["residual_diff_threshold"]),
+        max_warmup_steps=int(values["max_warmup_steps"]),
+        warmup_interval=int(values["warmup_interval"]),
+        max_cached_steps=int(values["max_cached_steps"]),
+        max_continuous_cached_steps=int(values["max_continuous_cached_steps"]),
+        max_accumulated_residual_diff_threshold=accumulated if accumulated > 0 else None,
+        enable_taylorseer=bool(values["enable_taylorseer"]),
+        taylorseer_order=int(values["taylorseer_order"]),
+        taylorseer_cache_type=str(values["taylorseer_cache_type"]),
+        scm_preset=str(values["scm_preset"]),
+        scm_compute_bins=_bins("scm_compute_bins", values["scm_compute_bins"]),
+        scm_cache_bins=_bins("scm_cache_bins", values["scm_cache_bins"]),
+        scm_policy=str(values["scm_policy"]),
+    )
+
+
+def _int(default: int, low: int, high: int, tooltip: str) -> tuple[str, dict[str, Any]]:
+    return ("INT", {"default": default, "min": low, "max": high, "tooltip": tooltip})
+
+
+class ApplyCacheDiT:
+    DESCRIPTION = (
+        "Cache-DiT at block level: always runs the first Fn and last Bn transformer blocks and skips the "
+        "middle ones while the Fn blocks' residual barely changes between steps (DBCache), optionally "
+        "extrapolating the skipped residual by a Taylor series (TaylorSeer) and following a step "
+        "computation mask (SCM). Separate state per CFG branch. Supports " + SUPPORTED + "; other models "
+        "pass through unchanged. Defaults as SGLang's cache-dit integration."
+    )
+    CATEGORY = "DiT Cache"
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("A copy of the model that uses Cache-DiT while sampling.",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model to accelerate (it is not modified)."}),
+                "Fn_compute_blocks": _int(
+                    1,
+                    1,
+                    128,
+                    "First n blocks always computed; their residual decides "
+                    "whether to cache (default 1, as SGLang; cache-dit's own default 8).",
+                ),
+                "Bn_compute_blocks": _int(
+                    0,
+                    0,
+                    128,
+                    "Last n blocks always computed on top of the cached state "
+                    "(default 0). Fn + Bn must be below the model's block count.",
+                ),
+                "residual_diff_threshold": (
+                    "FLOAT",
+                    {
+                        "default": 0.24,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "Cache while the relative L1 change of the Fn residual stays below this "
+                        "(default 0.24, as SGLang; cache-dit suggests 0.08-0.12 without a continuity "
+                        "cap). 0 never caches.",
+                    },
+                ),
+                "max_warmup_steps": _int(4, 0, 1000, "Leading steps that always compute (default 4)."),
+                "warmup_interval": _int(1, 1, 1000, "Within warm-up, compute every n-th step (default 1)."),
+                "max_cached_steps": _int(-1, -1, 1000, "At most this many cached steps per run (-1: no cap)."),
+                "max_continuous_cached_steps": _int(
+                    3, -1, 1000, "At most this many cached steps in a row (default 3, as SGLang; -1: no cap)."
+                ),
+                "enable_taylorseer": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "Extrapolate the skipped residual "
+                        "with a Taylor series instead of reusing it as is (default off: it can "
+                        "hurt few-step distilled models). Best with Bn = 0.",
+                    },
+                ),
+                "taylorseer_order": _int(1, 1, 4, "Taylor series order (default 1)."),
+                "taylorseer_cache_type": (
+                    ["residual", "hidden_states"],
+                    {
+                        "default": "residual",
+                        "tooltip": "What TaylorSeer extrapolates: the middle blocks' residual or "
+                        "their output hidden states (default residual).",
+                    },
+                ),
+                "scm_preset": (
+                    list(SCM_PRESETS),
+                    {
+                        "default": "none",
+                        "tooltip": "Step computation mask: "
+                        "which steps must compute (slow 18/28, medium 15/28, fast 11/28, ultra 8/28 "
+                        "steps computed; custom uses the bins below). Below 8 steps SCM is off, "
+                        "as SGLang does.",
+                    },
+                ),
+                "scm_policy": (
+                    ["dynamic", "static"],
+                    {
+                        "default": "dynamic",
+                        "tooltip": "dynamic: on the mask's "
+                        "cache steps DBCache still decides; static: they always cache.",
+                    },
+                ),
+            },
+            "optional": {
+                "scm_compute_bins": (
+                    "STRING",
+                    {"default": "", "tooltip": "custom SCM: compute run lengths, e.g. '6, 2, 2, 2, 2, 1'."},
+                ),
+                "scm_cache_bins": (
+                    "STRING",
+                    {"default": "", "tooltip": "custom SCM: cache run lengths between them, e.g. '1, 3, 3, 3, 3'."},
+                ),
+                "max_accumulated_residual_diff_threshold": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 100.0,
+                        "step": 0.01,
+                        "advanced": True,
+                        "tooltip": "Advanced: stop caching once the run's summed residual diffs reach this (0: off).",
+                    },
+                ),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, **inputs: Any) -> bool | str:
+        try:
+            build_config(**inputs)
+        except (TypeError, ValueError) as error:
+            return str(error)
+        return True
+
+    def apply(self, model: Any, **inputs: Any) -> tuple[Any]:
+        family = detect(model)
+        if family is None:
+            logger.warning(
+                "Apply Cache-DiT: %s is not supported (supported: %s); the model passes through unchanged",
+                diffusion_model_class(model),
+                SUPPORTED,
+            )
+            return (model,)
+        config = build_config(**inputs)
+        try:
+            from ..model_patches.cachedit_patch import apply_cachedit, check_block_split
+        except Exception as error:  # a ComfyUI whose patching API moved: never break the workflow
+            logger.warning("Apply Cache-DiT: cannot patch models in this ComfyUI (%r); passing through", error)
+            return (model,)
+        check_block_split(config, family, model.get_model_object("diffusion_model"))
+        return (apply_cachedit(model, family, config),)

@@ -1,0 +1,197 @@
+"""Apply Cache-DiT on tiny models of every family, sampled by ComfyUI's own samplers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import comfy.sample
+import pytest
+import torch
+
+import tiny_models as tm
+
+from dit_cache.nodes.cachedit_node import ApplyCacheDiT
+
+STEPS = 10
+PATCH_KEY = "dit_cache.cachedit"
+ALL = ["flux", "flux_schnell", "wan21_t2v", "wan21_i2v", "wan22_5b", "hunyuan_video", "qwen_image", "z_image"]
+# Where each family's block list lives, in execution order (module paths on the diffusion model).
+BLOCK_LISTS = {
+    "flux": ["double_blocks", "single_blocks"], "flux_schnell": ["double_blocks", "single_blocks"],
+    "hunyuan_video": ["double_blocks", "single_blocks"], "qwen_image": ["transformer_blocks"],
+    "wan21_t2v": ["blocks"], "wan21_i2v": ["blocks"], "wan22_5b": ["blocks"], "z_image": ["layers"],
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    cache = tmp_path_factory.mktemp("tiny-models")
+    return {v: tm.load_model(v, cache) for v in ALL}
+
+
+def sample(model: Any, variant: str, cfg: float = 1.0, lengths: tuple[int, int] = (8, 8), **kw: Any) -> torch.Tensor:
+    latent = tm.latent(variant)["samples"]
+    noise = comfy.sample.prepare_noise(latent, 0)
+    positive = tm.conditioning(variant, seed=1, length=lengths[0])
+    negative = tm.conditioning(variant, seed=2, length=lengths[1])
+    return comfy.sample.sample(model, noise, kw.pop("steps", STEPS), cfg, "euler", "simple", positive, negative,
+                               latent, seed=0, disable_pbar=True, **kw)
+
+
+def cachedit(model: Any, **settings: Any) -> Any:
+    (patched,) = ApplyCacheDiT().apply(model, **settings)
+    assert patched is not model
+    return patched
+
+
+def last_run(patched: Any) -> Any:
+    return patched.model_options["transformer_options"][PATCH_KEY].last_run
+
+
+def blocks(model: Any, variant: str) -> list[torch.nn.Module]:
+    dm = model.model.diffusion_model
+    return [block for name in BLOCK_LISTS[variant] for block in getattr(dm, name)]
+
+
+class BlockCounter:
+    """Counts, per call of the diffusion model, which blocks ran (torch hooks, not the pack)."""
+
+    def __init__(self, model: Any, variant: str):
+        self.dm = model.model.diffusion_model
+        self.blocks = blocks(model, variant)
+        self.calls: list[list[int]] = []
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> "BlockCounter":
+        self.handles.append(self.dm.register_forward_pre_hook(lambda m, a: self.calls.append([])))
+        for index, block in enumerate(self.blocks):
+            self.handles.append(block.register_forward_pre_hook(lambda m, a, i=index: self.calls[-1].append(i)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_zero_threshold_is_bit_identical(models, variant) -> None:
+    model = models[variant]
+    expected = sample(model, variant)
+    patched = cachedit(model, residual_diff_threshold=0.0, max_warmup_steps=0)
+    assert torch.equal(sample(patched, variant), expected)
+    run = last_run(patched)
+    assert [r.step for r in run.records] == list(range(STEPS)) and all(r.computed for r in run.records)
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_forced_caching_skips_exactly_the_middle_blocks(models, variant) -> None:
+    model = models[variant]
+    n = len(blocks(model, variant))
+    fn, bn = 1, 1
+    patched = cachedit(model, Fn_compute_blocks=fn, Bn_compute_blocks=bn, residual_diff_threshold=1.0,
+                       max_warmup_steps=2, max_continuous_cached_steps=-1)
+    with BlockCounter(model, variant) as counter:
+        result = sample(patched, variant)
+    run = last_run(patched)
+    cached = [not r.computed for r in run.records]
+    assert cached == [False, False] + [True] * (STEPS - 2)
+    for ran, is_cached in zip(counter.calls, cached):
+        assert ran == (list(range(fn)) + list(range(n - bn, n)) if is_cached else list(range(n)))
+    assert torch.isfinite(result).all()
+
+
+# The image stream out of block 0 (Fn = 1), and the module that receives the stack's output.
+FIRST_BLOCK_IMAGE = {"flux": 0, "hunyuan_video": 0, "qwen_image": 1, "wan21_t2v": None, "z_image": None}
+STACK_OUTPUT_MODULE = {"flux": "final_layer", "hunyuan_video": "final_layer", "qwen_image": "norm_out",
+                       "wan21_t2v": "head", "z_image": "final_layer"}
+
+
+@pytest.mark.parametrize("variant", list(FIRST_BLOCK_IMAGE))
+def test_cached_step_output_is_the_fn_output_plus_the_cached_middle_residual(models, variant) -> None:
+    """With Fn = 1 and Bn = 0: on a cached step, stack output = block-0 output + the residual the
+    middle blocks produced on the last computed step (image tokens), exactly."""
+    model = models[variant]
+    dm = model.model.diffusion_model
+    patched = cachedit(model, Fn_compute_blocks=1, residual_diff_threshold=1.0, max_warmup_steps=3,
+                       max_continuous_cached_steps=-1)
+    fn_out: list[torch.Tensor] = []
+    stack_out: list[torch.Tensor] = []
+    index = FIRST_BLOCK_IMAGE[variant]
+    first = blocks(model, variant)[0]
+    handles = [
+        first.register_forward_hook(lambda m, a, out: fn_out.append((out if index is None else out[index]).clone())),
+        getattr(dm, STACK_OUTPUT_MODULE[variant]).register_forward_pre_hook(lambda m, a: stack_out.append(a[0].clone())),
+    ]
+    try:
+        sample(patched, variant)
+    finally:
+        for handle in handles:
+            handle.remove()
+    computed = [r.computed for r in last_run(patched).records]
+    assert computed == [True] * 3 + [False] * (STEPS - 3)
+    residual = None
+    for call, was_computed in enumerate(computed):
+        image_out = stack_out[call]
+        assert image_out.shape == fn_out[call].shape
+        if was_computed:
+            residual = image_out - fn_out[call]
+        else:
+            assert torch.equal(image_out, fn_out[call] + residual)
+
+
+@pytest.mark.parametrize(("preset", "steps"), [("medium", 28), ("fast", 20)])
+def test_scm_static_computes_exactly_the_masks_compute_steps(models, preset, steps) -> None:
+    import cache_dit
+
+    mask = cache_dit.steps_mask(total_steps=steps, mask_policy=preset)
+    patched = cachedit(models["flux"], scm_preset=preset, scm_policy="static")
+    sample(patched, "flux", steps=steps)
+    computed = [r.computed for r in last_run(patched).records]
+    assert computed == [m == 1 for m in mask]
+
+
+@pytest.mark.parametrize("path", ["batched", "split"])
+def test_cfg_branches_keep_separate_state(models, path) -> None:
+    model = models["wan21_t2v"]
+    lengths = (8, 8) if path == "batched" else tm.SPLIT_LENGTHS
+    expected = sample(model, "wan21_t2v", cfg=3.0, lengths=lengths)
+    assert torch.equal(sample(cachedit(model, residual_diff_threshold=0.0), "wan21_t2v", cfg=3.0, lengths=lengths),
+                       expected)
+    patched = cachedit(model, residual_diff_threshold=1.0, max_warmup_steps=2, max_continuous_cached_steps=2)
+    sample(patched, "wan21_t2v", cfg=3.0, lengths=lengths)
+    records = last_run(patched).records
+    assert len({key for r in records for key in r.branches}) == 2
+    per_step = 1 if path == "batched" else 2
+    assert len(records) == per_step * STEPS and all(len(r.branches) == 2 // per_step for r in records)
+    # Each branch follows the same rule on its own counters: warm-up 2, then 2 cached, 1 computed, ...
+    for branch in {key for r in records for key in r.branches}:
+        mine = [r.computed for r in records if branch in r.branches]
+        assert mine == [True, True, False, False, True, False, False, True, False, False]
+
+
+def test_fn_plus_bn_must_leave_middle_blocks(models) -> None:
+    with pytest.raises(ValueError, match="less than this flux model's 4 transformer blocks"):
+        ApplyCacheDiT().apply(models["flux"], Fn_compute_blocks=3, Bn_compute_blocks=1)
+
+
+def test_unsupported_model_passes_through(caplog) -> None:
+    lumina2 = tm.load_model("lumina2")
+    (out,) = ApplyCacheDiT().apply(lumina2)
+    assert out is lumina2 and "NextDiT is not supported" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("inputs", "named"),
+    [
+        ({"residual_diff_threshold": -0.1}, "residual_diff_threshold"),
+        ({"Fn_compute_blocks": 0}, "Fn_compute_blocks"),
+        ({"taylorseer_order": 7}, "taylorseer_order"),
+        ({"scm_preset": "custom", "scm_compute_bins": "6, x"}, "scm_compute_bins"),
+        ({"scm_preset": "custom"}, "scm"),
+        ({"scm_policy": "sometimes"}, "scm_policy"),
+    ],
+)
+def test_invalid_inputs_are_rejected_naming_the_input(inputs, named) -> None:
+    verdict = ApplyCacheDiT.VALIDATE_INPUTS(**inputs)
+    assert isinstance(verdict, str) and named in verdict, verdict
+    assert ApplyCacheDiT.VALIDATE_INPUTS() is True
