@@ -76,7 +76,7 @@ def test_object_info_describes_apply_teacache(server: ComfyServer) -> None:
 
 
 def test_test_nodes_are_served_but_never_registered_by_the_pack(server: ComfyServer) -> None:
-    assert set(dit_cache.NODE_CLASS_MAPPINGS) == {NODE}
+    assert set(dit_cache.NODE_CLASS_MAPPINGS) == {NODE, "DiTCache_ApplyCacheDiT"}
     info = server.all_object_info()
     assert {name for name in info if name.startswith("DiTCacheTest_")} == TEST_NODES
     assert {info[name]["python_module"] for name in TEST_NODES} == {"custom_nodes.dit_cache_test_nodes"}
@@ -152,3 +152,55 @@ def test_an_unsupported_model_passes_through_with_one_warning(server: ComfyServe
     assert len(warnings) == 1 and "not supported" in warnings[0], warnings
     assert not teacache_lines(run.log)
     assert torch.equal(latent_of(server, run), plain)
+
+
+CACHEDIT_NODE = "DiTCache_ApplyCacheDiT"
+CACHEDIT_LINE = re.compile(
+    r"Cache-DiT \[(?P<family>[^,\]]+), (?P<tag>[^\]]+)\]: computed (?P<computed>\d+)/(?P<total>\d+) steps"
+)
+
+
+def test_object_info_describes_apply_cachedit(server: ComfyServer) -> None:
+    info = server.object_info(CACHEDIT_NODE)
+    assert info["display_name"] == "Apply Cache-DiT (DBCache/TaylorSeer/SCM)"
+    required, optional = info["input"]["required"], info["input"]["optional"]
+    assert {"Fn_compute_blocks", "Bn_compute_blocks", "residual_diff_threshold", "max_warmup_steps",
+            "warmup_interval", "max_cached_steps", "max_continuous_cached_steps", "enable_taylorseer",
+            "taylorseer_order", "taylorseer_cache_type", "scm_preset", "scm_policy"} <= set(required)
+    assert {"scm_compute_bins", "scm_cache_bins", "max_accumulated_residual_diff_threshold"} <= set(optional)
+    defaults = {name: options.get("default") for name, (_, options) in required.items() if name != "model"}
+    assert defaults["Fn_compute_blocks"] == 1 and defaults["Bn_compute_blocks"] == 0
+    assert defaults["residual_diff_threshold"] == 0.24 and defaults["max_warmup_steps"] == 4
+    assert defaults["max_continuous_cached_steps"] == 3 and defaults["enable_taylorseer"] is False
+    for name, (_, options) in {**required, **optional}.items():
+        assert options.get("tooltip"), f"{name} has no tooltip"
+
+
+@pytest.mark.parametrize("variant", wf.FAMILY_VARIANTS)
+def test_cachedit_workflow_runs_per_family(server: ComfyServer, variant: str) -> None:
+    plain = latent_of(server, run_ok(server, wf.graph(variant, steps=STEPS)))
+    exact = run_ok(server, wf.graph(variant, wf.CacheDiT({"residual_diff_threshold": 0.0}), steps=STEPS))
+    assert torch.equal(latent_of(server, exact), plain)
+    forced = wf.CacheDiT({"residual_diff_threshold": 1.0, "max_warmup_steps": 2, "enable_taylorseer": True})
+    run = run_ok(server, wf.graph(variant, forced, steps=STEPS))
+    (line,) = CACHEDIT_LINE.finditer(run.log)
+    assert line["family"] == FAMILY[variant] and int(line["computed"]) < int(line["total"]) == STEPS
+    latent = latent_of(server, run)
+    assert torch.isfinite(latent).all() and not torch.equal(latent, plain)
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [({"residual_diff_threshold": -1.0}, "residual_diff_threshold"), ({"scm_preset": "custom"}, "scm"),
+     ({"taylorseer_order": 9}, "taylorseer_order")],
+)
+def test_cachedit_invalid_inputs_are_rejected(server: ComfyServer, settings: dict[str, Any], named: str) -> None:
+    with pytest.raises(PromptRejected) as rejected:
+        server.post_prompt(wf.graph("flux", wf.CacheDiT(settings), steps=2))
+    errors = rejected.value.body["node_errors"][wf.METHOD]["errors"]
+    assert all(named in f"{e['message']} {e['details']}" for e in errors), errors
+
+
+def test_cachedit_too_many_compute_blocks_fails_the_node_with_the_models_limit(server: ComfyServer) -> None:
+    run = server.run(wf.graph("flux", wf.CacheDiT({"Fn_compute_blocks": 4}), steps=2))
+    assert run.status == "error" and "4 transformer blocks" in str(run.error)

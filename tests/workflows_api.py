@@ -60,7 +60,24 @@ class TeaCache:
         return {"class_type": "DiTCache_ApplyTeaCache", "inputs": {"model": model, **asdict(self)}}
 
 
-Method = EasyCache | TeaCache | None
+@dataclass(frozen=True)
+class CacheDiT:
+    """The pack's Apply Cache-DiT node (only the inputs a test sets; the rest keep their defaults)."""
+
+    settings: dict[str, Any]
+    label: ClassVar[str] = "cachedit"
+
+    def node(self, model: Link) -> dict[str, Any]:
+        defaults = {
+            "Fn_compute_blocks": 1, "Bn_compute_blocks": 0, "residual_diff_threshold": 0.24,
+            "max_warmup_steps": 4, "warmup_interval": 1, "max_cached_steps": -1,
+            "max_continuous_cached_steps": 3, "enable_taylorseer": False, "taylorseer_order": 1,
+            "taylorseer_cache_type": "residual", "scm_preset": "none", "scm_policy": "dynamic",
+        }
+        return {"class_type": "DiTCache_ApplyCacheDiT", "inputs": {"model": model, **defaults, **self.settings}}
+
+
+Method = EasyCache | TeaCache | CacheDiT | None
 
 
 def loader(variant: str) -> dict[str, Any]:
