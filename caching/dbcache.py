@@ -100,10 +100,9 @@ class DBCacheConfig:
         limit = self.max_accumulated_residual_diff_threshold
         if limit is not None and not (_is_real(limit) and limit > 0):
             raise ValueError(
-                "max_accumulated_residual_diff_threshold must be None (no limit) or a finite "
-                f"number > 0, got {limit!r}"
+                f"max_accumulated_residual_diff_threshold must be None (no limit) or a finite number > 0, got {limit!r}"
             )
-        if not isinstance(self.enable_taylorseer, bool):
+        if self.enable_taylorseer is not True and self.enable_taylorseer is not False:
             raise ValueError(f"enable_taylorseer must be True or False, got {self.enable_taylorseer!r}")
         _check_int("taylorseer_order", self.taylorseer_order, 1, MAX_TAYLORSEER_ORDER)
         _check_choice("taylorseer_cache_type", self.taylorseer_cache_type, TAYLORSEER_CACHE_TYPES)
@@ -184,8 +183,8 @@ class DBCacheConfig:
         )
 
 
-def relative_l1(previous: torch.Tensor, current: torch.Tensor) -> float:
-    """mean|previous - current| / mean|previous|, in the tensors' own dtype as cache-dit computes it."""
+def residual_diff(previous: torch.Tensor, current: torch.Tensor) -> float:
+    """Relative L1 mean|previous - current| / mean|previous|, in the tensors' own dtype as cache-dit."""
     return ((previous - current).abs().mean() / previous.abs().mean()).item()
 
 
@@ -211,14 +210,15 @@ class TaylorSeer:
             # cache-dit restarts the expansion when the shape changes.
             self.origin = step
             previous, previous_step = [], step
-        elif False:
+        elif self.ladder and step == self.step:
             previous, previous_step = self._before
         else:
             previous, previous_step = self.ladder, self.step
         ladder = [value]
         # Quirk mirrored from cache-dit: its state is created at the first update with its step
         # counter at -1 and takes differences only once that counter exceeds 1, i.e. from the
-        # third step after the (re)start on; earlier updates keep the value alone.
+        # third step after the (re)start on; earlier updates keep the value alone. So with a
+        # first update at step 0, a first-order term exists from step 3, a second-order from 4.
         if step - self.origin > 2:
             window = step - previous_step
             for i in range(min(self.order, len(previous))):
@@ -228,6 +228,7 @@ class TaylorSeer:
         self.step = step
 
     def approximate(self, step: int) -> torch.Tensor:
+        """The expansion evaluated at this step (the stored value itself on the update's own step)."""
         elapsed = step - self.step
         result = self.ladder[0]
         for i in range(1, len(self.ladder)):
@@ -319,7 +320,7 @@ class DBCacheBranch:
         if threshold >= 1.0:
             self._record(step, -1.0)
             return True
-        diff = relative_l1(self._fn_residual, fn_residual)
+        diff = residual_diff(self._fn_residual, fn_residual)
         self._record(step, diff)
         return diff < threshold
 
@@ -350,12 +351,15 @@ class DBCacheBranch:
         """The middle blocks' output on a cached step, per stream, from what store() kept."""
         result = []
         for i, value in enumerate(middle_in):
+            if value is None:
+                result.append(None)
+                continue
             seer = self._seers[i]
             cached = seer.approximate(step) if seer is not None else self._stored[i]
-            if value is None or (cached is None and i == 1):
-                result.append(value)  # an encoder stream with nothing cached passes through
-            elif cached is None:
-                raise RuntimeError("DBCacheBranch.approximate() called before any store()")
-            else:
+            if cached is not None:
                 result.append(value + cached if self.config.caches_residual else cached)
+            elif i == 1:
+                result.append(value)  # an encoder stream with nothing cached passes through, as in cache-dit
+            else:
+                raise RuntimeError("DBCacheBranch.approximate() called before any store()")
         return result[0], result[1]

@@ -1,7 +1,7 @@
 """`make run`: serve ComfyUI with the pack, and compare caching methods on tiny models of every family.
 
 For each family the real server runs the same text-to-latent workflow uncached, with
-ComfyUI's built-in EasyCache, and with Apply TeaCache, then prints what each computed,
+ComfyUI's built-in EasyCache, with Apply TeaCache and with Apply Cache-DiT, then prints what each computed,
 how long it took and how far its final latent moved from the uncached one. The server
 keeps running afterwards (browser UI included) until Ctrl-C; `--no-serve` exits instead.
 
@@ -43,6 +43,7 @@ AUTO_PRESETS = {
     "hunyuan_video": "hunyuan_video", "qwen_image": "qwen_image", "z_image": "z_image",
 }
 TEACACHE_LINE = re.compile(r"TeaCache \[[^\]]+\]: computed \d+/(?P<steps>\d+) steps; (?P<reused>\d+) of (?P<calls>\d+)")
+CACHEDIT_LINE = re.compile(r"Cache-DiT \[[^\]]+\]: computed \d+/\d+ steps; (?P<cached>\d+) of (?P<calls>\d+)")
 EASYCACHE_LINE = re.compile(r"EasyCache - skipped (?P<skipped>\d+)/(?P<steps>\d+) steps")
 
 
@@ -92,6 +93,14 @@ def teacache_calls(log: str) -> tuple[int, int, int]:
     return calls - int(match["reused"]), calls, int(match["steps"])
 
 
+def cachedit_calls(log: str) -> tuple[int, int]:
+    """(fully computed calls, total calls) from the Cache-DiT line of one run."""
+    match = CACHEDIT_LINE.search(log)
+    if match is None:
+        raise RuntimeError(f"no Cache-DiT line in the run's log:\n{log}")
+    return int(match["calls"]) - int(match["cached"]), int(match["calls"])
+
+
 def easycache_steps(log: str) -> tuple[int, int]:
     """(computed steps, total steps) from EasyCache's own summary line."""
     match = EASYCACHE_LINE.search(log)
@@ -112,6 +121,10 @@ def compare_family(server: ComfyServer, variant: str, steps: int, size: int, rec
         f"TeaCache (demo threshold {demo:g}, coefficients {IDENTITY})": wf.TeaCache(
             rel_l1_thresh=demo, coefficients=IDENTITY
         ),
+        "Cache-DiT DBCache (defaults F1B0 R0.24 W4 MC3)": wf.CacheDiT({}),
+        "Cache-DiT DBCache + TaylorSeer order 1": wf.CacheDiT({"enable_taylorseer": True}),
+        "Cache-DiT DBCache demo threshold 1.0 (W4 MC3)": wf.CacheDiT({"residual_diff_threshold": 1.0}),
+        "Cache-DiT SCM medium, static": wf.CacheDiT({"scm_preset": "medium", "scm_policy": "static"}),
     }
     runs = {label: run_ok(server, wf.graph(variant, m, steps=steps, size=size)) for label, m in methods.items()}
     reference = wf.saved_latent(runs["uncached"].history, server.output_dir)
@@ -124,6 +137,8 @@ def compare_family(server: ComfyServer, variant: str, steps: int, size: int, rec
             computed = total = steps * calls_per_step
         elif isinstance(method, wf.EasyCache):
             computed, total = (n * calls_per_step for n in easycache_steps(run.log))
+        elif isinstance(method, wf.CacheDiT):  # a cached call still runs its Fn and Bn blocks
+            computed, total = cachedit_calls(run.log)
         else:
             computed, total, _ = teacache_calls(run.log)
         latent = wf.saved_latent(run.history, server.output_dir)

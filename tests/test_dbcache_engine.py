@@ -6,6 +6,7 @@ same blocks by hand, the way the ComfyUI glue will (Fn blocks, can_cache, then a
 middle blocks + store, then Bn blocks), and must make the same decision at every step, record the
 same diffs and give the same outputs.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,9 +21,9 @@ import torch
 from dit_cache.caching.dbcache import CacheDitNotInstalledError, DBCacheBranch, DBCacheConfig, TaylorSeer
 
 cache_dit = pytest.importorskip("cache_dit")
-from cache_dit.caching.cache_blocks.pattern_0_1_2 import CachedBlocks_Pattern_0_1_2  # noqa: E402
-from cache_dit.caching.cache_blocks.pattern_3_4_5 import CachedBlocks_Pattern_3_4_5  # noqa: E402
-from cache_dit.caching.cache_contexts.cache_manager import CachedContextManager  # noqa: E402
+from cache_dit.caching.cache_blocks.pattern_0_1_2 import CachedBlocks_Pattern_0_1_2
+from cache_dit.caching.cache_blocks.pattern_3_4_5 import CachedBlocks_Pattern_3_4_5
+from cache_dit.caching.cache_contexts.cache_manager import CachedContextManager
 
 # ---------------------------------------------------------------------------------------------
 # A tiny scripted transformer. Each block adds a per-step, per-branch tensor whose size follows a
@@ -341,9 +342,10 @@ def test_decides_as_cache_dit(case: Case) -> None:
     assert len(ours.outputs) == len(theirs.outputs)
     for call, (mine, ref) in enumerate(zip(ours.outputs, theirs.outputs, strict=True)):
         for stream, (a, b) in enumerate(zip(mine, ref, strict=True)):
-            if b is None or not case.dual:
-                continue
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=f"call {call}, stream {stream}")
+            if b is None:
+                assert a is None
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=f"call {call}, stream {stream}")
 
 
 def test_grid_exercises_caching() -> None:
@@ -379,9 +381,7 @@ def probe_runs(
     clock = Clock()
     blocks = torch.nn.ModuleList([ProbeBlock(values, clock), ProbeBlock([0.5] * len(values), clock)])
     manager = CachedContextManager(name="probe")
-    manager.new_context(
-        name="ctx", cache_config=cache_dit.DBCacheConfig(num_inference_steps=len(values), **settings)
-    )
+    manager.new_context(name="ctx", cache_config=cache_dit.DBCacheConfig(num_inference_steps=len(values), **settings))
     wrapper = CachedBlocks_Pattern_3_4_5(
         blocks,
         transformer=blocks,
@@ -447,11 +447,13 @@ def test_shape_change_computes_even_with_threshold_1() -> None:
 
 def test_caps_count_exactly() -> None:
     values = [1.0] * 12
-    theirs, ours, _ = probe_runs(values, residual_diff_threshold=0.1, max_warmup_steps=1, max_cached_steps=4,
-                                 max_continuous_cached_steps=2)
+    theirs, ours, _ = probe_runs(
+        values, residual_diff_threshold=0.1, max_warmup_steps=1, max_cached_steps=4, max_continuous_cached_steps=2
+    )
     assert ours == theirs == [1, 2, 4, 5]
-    theirs, ours, _ = probe_runs(values, residual_diff_threshold=0.1, max_warmup_steps=3, warmup_interval=2,
-                                 max_continuous_cached_steps=1)
+    theirs, ours, _ = probe_runs(
+        values, residual_diff_threshold=0.1, max_warmup_steps=3, warmup_interval=2, max_continuous_cached_steps=1
+    )
     assert ours == theirs == [1, 3, 5, 7, 9, 11]
 
 
@@ -516,8 +518,20 @@ def test_tag() -> None:
     assert config.tag() == "DBCache_F8B0_W8I1M10MC0_R0.08_SCMfast_static_T1O2"
 
 
-@pytest.mark.parametrize("config", [DBCacheConfig(), DBCacheConfig(Fn_compute_blocks=3, Bn_compute_blocks=2,
-                         max_warmup_steps=0, warmup_interval=2, max_cached_steps=7, residual_diff_threshold=1.0)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        DBCacheConfig(),
+        DBCacheConfig(
+            Fn_compute_blocks=3,
+            Bn_compute_blocks=2,
+            max_warmup_steps=0,
+            warmup_interval=2,
+            max_cached_steps=7,
+            residual_diff_threshold=1.0,
+        ),
+    ],
+)
 def test_tag_matches_cache_dits_strify(config: DBCacheConfig) -> None:
     theirs = cache_dit.DBCacheConfig(
         **{f.name: getattr(config, f.name) for f in fields(cache_dit.DBCacheConfig) if hasattr(config, f.name)}
@@ -584,6 +598,13 @@ def test_two_calls_in_one_step_count_once() -> None:
     assert not branch.can_cache(2, probe * 1.2)  # one cached step in a row already: no diff taken
     assert branch.residual_diffs == pytest.approx({1: 0.1})  # the second call's diff is not added
     assert branch.accumulated_residual_diff == pytest.approx(0.1)
+
+    capped = DBCacheBranch(replace(config, max_cached_steps=1), 10)
+    capped.store(0, probe, (torch.zeros(2, 3), None), (torch.ones(2, 3), None))
+    for _ in range(2):  # the cap counts earlier steps only, too
+        assert capped.can_cache(1, probe)
+        capped.mark_cached(1)
+    assert not capped.can_cache(3, probe)
 
 
 def test_steps_cannot_go_back() -> None:
