@@ -219,7 +219,7 @@ class TaylorSeer:
         # counter at -1 and takes differences only once that counter exceeds 1, i.e. from the
         # third step after the (re)start on; earlier updates keep the value alone. So with a
         # first update at step 0, a first-order term exists from step 3, a second-order from 4.
-        if step - self.origin > 0:
+        if step - self.origin > 2:
             window = step - previous_step
             for i in range(min(self.order, len(previous))):
                 ladder.append((ladder[i] - previous[i]) / window)
