@@ -151,6 +151,9 @@ class CacheDiTSampling(SamplingRun):
             in_img, in_txt = self.family.joint(in_img, in_txt), None
         residual_img = out_img - in_img
         residual_txt = out_txt - in_txt if out_txt is not None else None
+        if not self.config.caches_residual:  # kept as is: a later block may update it in place
+            out_img = out_img.clone()
+            out_txt = out_txt.clone() if out_txt is not None else None
         parts = len(call.keys)
         for i, key in enumerate(call.keys):
             self.branches[key].store(

@@ -42,6 +42,7 @@ def build_config(**inputs: Any) -> DBCacheConfig:
     """The node's inputs as a validated config (ValueError names the input); None = linked, use default."""
     values = {name: _DEFAULTS[name] if inputs.get(name) is None else inputs[name] for name in _DEFAULTS}
     accumulated = float(values["max_accumulated_residual_diff_threshold"])
+    custom = values["scm_preset"] == "custom"  # bins left in the widgets count only for custom
     return DBCacheConfig(
         Fn_compute_blocks=int(values["Fn_compute_blocks"]),
         Bn_compute_blocks=int(values["Bn_compute_blocks"]),
@@ -55,8 +56,8 @@ def build_config(**inputs: Any) -> DBCacheConfig:
         taylorseer_order=int(values["taylorseer_order"]),
         taylorseer_cache_type=str(values["taylorseer_cache_type"]),
         scm_preset=str(values["scm_preset"]),
-        scm_compute_bins=_bins("scm_compute_bins", values["scm_compute_bins"]),
-        scm_cache_bins=_bins("scm_cache_bins", values["scm_cache_bins"]),
+        scm_compute_bins=_bins("scm_compute_bins", values["scm_compute_bins"]) if custom else (),
+        scm_cache_bins=_bins("scm_cache_bins", values["scm_cache_bins"]) if custom else (),
         scm_policy=str(values["scm_policy"]),
     )
 
@@ -139,8 +140,8 @@ class ApplyCacheDiT:
                         "default": "none",
                         "tooltip": "Step computation mask: "
                         "which steps must compute (slow 18/28, medium 15/28, fast 11/28, ultra 8/28 "
-                        "steps computed; custom uses the bins below). Below 8 steps SCM is off, "
-                        "as SGLang does.",
+                        "steps computed; custom uses the bins below, which must cover the step count). "
+                        "Below 8 steps SCM is off, as SGLang does.",
                     },
                 ),
                 "scm_policy": (

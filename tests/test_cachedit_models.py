@@ -195,3 +195,32 @@ def test_invalid_inputs_are_rejected_naming_the_input(inputs, named) -> None:
     verdict = ApplyCacheDiT.VALIDATE_INPUTS(**inputs)
     assert isinstance(verdict, str) and named in verdict, verdict
     assert ApplyCacheDiT.VALIDATE_INPUTS() is True
+
+
+def test_taylorseer_hidden_states_with_bn_blocks_that_update_in_place(models) -> None:
+    """Flux's blocks update their input in place: the cached hidden states must not move with them.
+
+    TaylorSeer's first cached step after a restart has no derivative yet (as cache-dit), so it
+    replays the last computed middle output exactly: what the Bn block received then.
+    """
+    model = models["flux"]
+    patched = cachedit(model, Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=1.0,
+                       max_warmup_steps=3, max_continuous_cached_steps=-1, enable_taylorseer=True,
+                       taylorseer_cache_type="hidden_states")
+    bn_inputs: list[torch.Tensor] = []
+    bn_block = model.model.diffusion_model.single_blocks[-1]
+    handle = bn_block.register_forward_pre_hook(lambda m, a: bn_inputs.append(a[0].clone()))
+    try:
+        result = sample(patched, "flux")
+    finally:
+        handle.remove()
+    assert [r.computed for r in last_run(patched).records] == [True] * 3 + [False] * (STEPS - 3)
+    assert torch.equal(bn_inputs[3], bn_inputs[2])
+    assert torch.isfinite(result).all()
+
+
+def test_scm_custom_bins(models) -> None:
+    patched = cachedit(models["wan21_t2v"], scm_preset="custom", scm_policy="static",
+                       scm_compute_bins="4, 2, 1", scm_cache_bins="2, 1")
+    sample(patched, "wan21_t2v")
+    assert [r.computed for r in last_run(patched).records] == [True] * 4 + [False] * 2 + [True] * 2 + [False] + [True]
