@@ -224,3 +224,20 @@ def test_scm_custom_bins(models) -> None:
                        scm_compute_bins="4, 2, 1", scm_cache_bins="2, 1")
     sample(patched, "wan21_t2v")
     assert [r.computed for r in last_run(patched).records] == [True] * 4 + [False] * 2 + [True] * 2 + [False] + [True]
+
+
+def test_wan22_experts_each_get_their_own_settings_and_a_clean_start(tmp_path) -> None:
+    high, low = tm.load_model("wan22_high", tmp_path), tm.load_model("wan22_low", tmp_path)
+    high_dc = cachedit(high, residual_diff_threshold=1.0, max_warmup_steps=1, max_continuous_cached_steps=-1)
+    low_dc = cachedit(low, residual_diff_threshold=0.0)
+    latent = tm.latent("wan22_high")["samples"]
+    noise = comfy.sample.prepare_noise(latent, 0)
+    pos, neg = tm.conditioning("wan22_high", seed=1), tm.conditioning("wan22_high", seed=2)
+    mid = comfy.sample.sample(high_dc, noise, 8, 1.0, "euler", "simple", pos, neg, latent, start_step=0, last_step=4,
+                              force_full_denoise=False, disable_pbar=True, seed=0)
+    comfy.sample.sample(low_dc, noise, 8, 1.0, "euler", "simple", pos, neg, mid, disable_noise=True, start_step=4,
+                        last_step=8, force_full_denoise=True, disable_pbar=True, seed=0)
+    high_run, low_run = last_run(high_dc), last_run(low_dc)
+    assert [r.step for r in high_run.records] == [0, 1, 2, 3] == [r.step for r in low_run.records]
+    assert [r.computed for r in high_run.records] == [True, False, False, False]
+    assert all(r.computed for r in low_run.records)
