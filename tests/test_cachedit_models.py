@@ -241,3 +241,33 @@ def test_wan22_experts_each_get_their_own_settings_and_a_clean_start(tmp_path) -
     assert [r.step for r in high_run.records] == [0, 1, 2, 3] == [r.step for r in low_run.records]
     assert [r.computed for r in high_run.records] == [True, False, False, False]
     assert all(r.computed for r in low_run.records)
+
+
+def test_per_block_patches_force_computing(models) -> None:
+    model = models["qwen_image"].clone()
+    seen: list[int] = []
+
+    def double_block_patch(args: dict) -> dict:
+        seen.append(args["block_index"])
+        return {"img": args["img"], "txt": args["txt"]}
+
+    model.set_model_patch(double_block_patch, "double_block")
+    patched = cachedit(model, residual_diff_threshold=1.0, max_warmup_steps=1)
+    assert torch.equal(sample(patched, "qwen_image"), sample(model, "qwen_image"))
+    assert all(r.computed for r in last_run(patched).records) and len(seen) == 2 * STEPS * 3
+
+
+def test_multi_evaluation_sampler_counts_sampler_steps(models) -> None:
+    patched = cachedit(models["hunyuan_video"], residual_diff_threshold=1.0, max_warmup_steps=2,
+                       max_continuous_cached_steps=2)
+    latent = tm.latent("hunyuan_video")["samples"]
+    noise = comfy.sample.prepare_noise(latent, 0)
+    pos, neg = tm.conditioning("hunyuan_video", seed=1), tm.conditioning("hunyuan_video", seed=2)
+    out = comfy.sample.sample(patched, noise, 6, 1.0, "heun", "simple", pos, neg, latent, disable_pbar=True, seed=0)
+    records = last_run(patched).records
+    # Heun's correction call at sigma[i + 1] shares that noise level, hence the step, with the
+    # next step's first call: two calls per step after the first.
+    assert [r.step for r in records] == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    # Warm-up covers steps 0-1; then at most 2 cached steps in a row, counted in sampler steps.
+    cached_steps = sorted({r.step for r in records if not r.computed})
+    assert cached_steps == [2, 3, 5] and torch.isfinite(out).all()
