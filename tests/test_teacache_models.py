@@ -337,7 +337,7 @@ def test_one_step_and_multi_evaluation_samplers_count_steps_from_the_schedule(mo
     comfy.sample.sample(heun, noise, 6, 1.0, "heun", "simple", pos, neg, latent, disable_pbar=True, seed=0)
     run = last_run(heun)
     steps = [r.step for r in run.records]
-    # Heun evaluates twice per step except the last: each call lands in its own step.
+    # Heun: 11 calls over 6 steps; a correction call at sigma[i + 1] counts in step i + 1.
     assert steps == sorted(steps) and set(steps) == set(range(6)) and len(steps) == 11
     assert [r.computed for r in run.records] == replay_rule(run.records, 0.8, (1.0, 0.0), 6)
 
