@@ -51,3 +51,16 @@ def detect(model_patcher: Any) -> Family | None:
     if allowed_configs is not None and config_name(model_patcher) not in allowed_configs:
         return None
     return _load(module)
+
+
+def detect_or_warn(model_patcher: Any, node: str) -> Family | None:
+    """`detect`, with the one warning a node gives when it passes an unsupported model through."""
+    family = detect(model_patcher)
+    if family is None:
+        logger.warning(
+            "%s: %s is not supported (supported: %s); the model passes through unchanged",
+            node,
+            diffusion_model_class(model_patcher),
+            SUPPORTED,
+        )
+    return family

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from ..caching.dbcache import DBCacheConfig
-from ..model_patches.registry import SUPPORTED, detect, diffusion_model_class
+from ..model_patches.registry import SUPPORTED, detect_or_warn
 
 logger = logging.getLogger(__name__)
 
@@ -185,19 +185,13 @@ class ApplyCacheDiT:
         return True
 
     def apply(self, model: Any, **inputs: Any) -> tuple[Any]:
-        family = detect(model)
+        family = detect_or_warn(model, "Apply Cache-DiT")
         if family is None:
-            logger.warning(
-                "Apply Cache-DiT: %s is not supported (supported: %s); the model passes through unchanged",
-                diffusion_model_class(model),
-                SUPPORTED,
-            )
             return (model,)
         config = build_config(**inputs)
         try:
-            from ..model_patches.cachedit_patch import apply_cachedit, check_block_split
+            from ..model_patches.cachedit_patch import apply_cachedit
         except Exception as error:  # a ComfyUI whose patching API moved: never break the workflow
             logger.warning("Apply Cache-DiT: cannot patch models in this ComfyUI (%r); passing through", error)
             return (model,)
-        check_block_split(config, family, model.get_model_object("diffusion_model"))
-        return (apply_cachedit(model, family, config),)
+        return (apply_cachedit(model, family, config),)  # ValueError if Fn + Bn leave no middle block

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..caching.teacache import TeaCacheConfig
 from ..caching.teacache_presets import MODEL_TYPES, PRESETS, TeaCachePreset, parse_coefficients
-from ..model_patches.registry import SUPPORTED, detect, diffusion_model_class
+from ..model_patches.registry import SUPPORTED, detect_or_warn
 
 logger = logging.getLogger(__name__)
 
@@ -184,13 +184,8 @@ class ApplyTeaCache:
         cache_device: str,
         coefficients: str = "",
     ) -> tuple[Any]:
-        family = detect(model)
+        family = detect_or_warn(model, "Apply TeaCache")
         if family is None:
-            logger.warning(
-                "Apply TeaCache: %s is not supported (supported: %s); the model passes through unchanged",
-                diffusion_model_class(model),
-                SUPPORTED,
-            )
             return (model,)
         preset = PRESETS[family.auto_preset(model) if model_type == "auto" else model_type]
         if preset.family != family.name:
