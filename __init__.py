@@ -1,4 +1,4 @@
-"""comfyui-dit-cache: TeaCache for diffusion transformers in ComfyUI."""
+"""comfyui-dit-cache: TeaCache and Cache-DiT for diffusion transformers in ComfyUI."""
 
 import logging
 
