@@ -99,7 +99,7 @@ class CacheDiTSampling(SamplingRun):
         if self.use_cache:
             return identity(args)
         out = run_block(args)
-        if position == self.middle_end:
+        if position == self.middle_end and not self.call.between_blocks:  # never replay control or patches
             self._guarded(self._store, kind, out)
         return out
 
