@@ -21,6 +21,7 @@ from playwright.sync_api import Page, sync_playwright
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage",  # containers often give /dev/shm only 64 MB
 ]
 VIEWPORT = {"width": 1600, "height": 1000}
 EDITOR_SETTINGS = {
