@@ -131,7 +131,7 @@ def build(example: Example) -> dict[str, Any]:
 
 _IMAGE, _VIDEO = "comfyui_workflow_templates_media_image", "comfyui_workflow_templates_media_video"
 _OTHER = "comfyui_workflow_templates_media_other"
-_README = "Full guide: the pack's README (Apply TeaCache / Apply Cache-DiT sections)."
+_README = "\nFull guide: the pack's README (Apply TeaCache / Apply Cache-DiT sections)."
 
 EXAMPLES: tuple[Example, ...] = (
     Example(
