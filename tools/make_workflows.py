@@ -83,9 +83,17 @@ def _shift_right_of(workflow: dict[str, Any], x0: float, rows: tuple[float, floa
                 group["bounding"][2] += width
 
 
+def _model_slot(node: dict[str, Any]) -> int | None:
+    """The index of a sampler's linked MODEL input; None for other nodes and unlinked samplers."""
+    for slot, entry in enumerate(node.get("inputs", [])):
+        if entry["name"] == SAMPLER_MODEL_INPUTS.get(node["type"]) and entry.get("link") is not None:
+            return slot
+    return None
+
+
 def _insert(workflow: dict[str, Any], sampler: dict[str, Any], node_type: str, values: list[Any], title: str) -> None:
     """Put a new `node_type` node on the link into `sampler`'s MODEL input, in a new column left of it."""
-    slot = next(i for i, inp in enumerate(sampler["inputs"]) if inp["name"] == SAMPLER_MODEL_INPUTS[sampler["type"]])
+    slot = _model_slot(sampler)
     link_id = sampler["inputs"][slot]["link"]
     link = next(link for link in workflow["links"] if link[0] == link_id)
     node_id = workflow["last_node_id"] = workflow["last_node_id"] + 1
@@ -108,7 +116,7 @@ def _insert(workflow: dict[str, Any], sampler: dict[str, Any], node_type: str, v
 
 def build(example: Example) -> dict[str, Any]:
     workflow = copy.deepcopy(load_template(example.package, example.template))
-    samplers = [n for n in workflow["nodes"] if n["type"] in SAMPLER_MODEL_INPUTS and n["inputs"][0].get("link")]
+    samplers = [node for node in workflow["nodes"] if _model_slot(node) is not None]
     defaults = dict(widget_inputs(example.node))
     unknown = {*example.settings, *(k for s in example.per_sampler.values() for k in s)} - set(defaults)
     if unknown:
