@@ -123,6 +123,13 @@ class Editor:
         """The API-format prompt the editor queues for the open workflow (its own graphToPrompt)."""
         return self.page.evaluate("async () => (await window.app.graphToPrompt()).output")
 
+    def swap_bypassed(self) -> None:
+        """Enable every bypassed node and bypass every enabled one (notes aside), as a user switching paths does."""
+        self.page.evaluate(
+            """() => { for (const n of window.app.graph.nodes)
+                         if (!n.type.endsWith('Note') && (n.mode === 0 || n.mode === 4)) n.mode = 4 - n.mode; }"""
+        )
+
     def tooltips(self, node_id: int) -> dict[str, str]:
         """Hover the node's title, input slots and widgets; the tooltip text the editor shows for each.
 

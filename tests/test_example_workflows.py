@@ -154,7 +154,11 @@ def test_example_opens_in_the_editor_and_runs(
         ]
         assert consumers and set(consumers) <= SAMPLERS, consumers
 
-    # Executed on the tiny models: our nodes ran with the drawn settings.
+    run_on_tiny_models(server, prompt, name, active)
+
+
+def run_on_tiny_models(server: ComfyServer, prompt: dict[str, Any], name: str, active: list[dict[str, Any]]) -> None:
+    """Run the editor's prompt on the tiny models; each active node of ours logs its run with the drawn threshold."""
     expected = EXPECTED[name]
     graph = tiny_prompt.tiny(prompt, expected.variant, prefix=f"examples/{name}")
     tiny_prompt.write_loras(graph, server.base_dir / "models" / "loras")
@@ -171,6 +175,19 @@ def test_example_opens_in_the_editor_and_runs(
         threshold = next(w["value"] for w in node["widgets"] if w["name"] in ("rel_l1_thresh", "residual_diff_threshold"))
         tag = f"_R{threshold:.2f}" if node["type"] == TEACACHE else f"_R{float(threshold)}"
         assert any(tag in m["tag"] for m in summaries), (tag, [m["tag"] for m in summaries])
+
+
+def test_wan22_bypassed_20_step_group_runs_when_enabled(server: ComfyServer, editor: Editor) -> None:
+    """The Wan 2.2 14B example's bypassed fp8 group (20 steps, 10 per expert) has its own pair of our nodes."""
+    name = "wan22_14b_i2v_teacache"
+    bypassed = [node for node in editor.load(name).ours if node["mode"] == 4]
+    assert len(bypassed) == 2
+    editor.swap_bypassed()
+    prompt = editor.api_prompt()
+    samplers = [entry for entry in prompt.values() if entry["class_type"] == "KSamplerAdvanced"]
+    assert [entry["inputs"]["steps"] for entry in samplers] == [20, 20]
+    assert {str(node["id"]) for node in bypassed} <= set(prompt)
+    run_on_tiny_models(server, prompt, name, bypassed)
 
 
 @pytest.mark.parametrize("node_type", [TEACACHE, CACHEDIT])
