@@ -1,5 +1,7 @@
 # make test: set up a real ComfyUI (0.3.75) in .host/ with the pack linked in, run the tests.
 # make run:  same set-up, then serve ComfyUI with the pack and run the demo on tiny models.
+# make workflows:   rebuild workflows/*.json from ComfyUI's official templates (tools/make_workflows.py).
+# make screenshots: redraw docs/*.png from the example workflows in the real editor (tools/screenshots.py).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,17 +9,35 @@ HOST := .host
 HOST_COMFYUI := $(CURDIR)/$(HOST)/ComfyUI
 COMFYUI_PATH ?= $(HOST_COMFYUI)
 PACK_LINK := $(HOST_COMFYUI)/custom_nodes/comfyui-dit-cache
-export COMFYUI_PATH
+# The browser test drives Debian's Chromium through Playwright; no browser is ever downloaded.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# comfy-cli (the registry's `comfy node validate`) in a venv of its own: its dependencies stay out of .venv.
+COMFY_CLI_VENV := $(HOST)/comfy-cli
+COMFY_CLI := $(COMFY_CLI_VENV)/bin/comfy
+export COMFYUI_PATH CHROMIUM
 
-.PHONY: test run setup
+.PHONY: test run setup workflows screenshots
 test: setup
 	$(PY) -m pytest tests -q
 
 run: setup
 	$(PY) tests/demo.py
 
+workflows: setup
+	$(PY) tools/make_workflows.py
+
+screenshots: setup
+	$(PY) tools/screenshots.py
+
 # The pack is linked into the ComfyUI this Makefile unpacked, never into your own checkout.
-setup: $(VENV)/.deps $(if $(filter $(HOST_COMFYUI),$(COMFYUI_PATH)),$(PACK_LINK))
+setup: $(VENV)/.deps $(CHROMIUM) $(COMFY_CLI) $(if $(filter $(HOST_COMFYUI),$(COMFYUI_PATH)),$(PACK_LINK))
+
+# Debian's chromium package (root, or sudo); a failure here stops `make test` before any test runs.
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+	test -x $@
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +57,11 @@ $(VENV)/.deps: $(VENV)/.torch $(COMFYUI_PATH)/main.py requirements.txt requireme
 	grep -vE '^(torch|torchvision|torchaudio)[[:space:]]*$$' $(COMFYUI_PATH)/requirements.txt > $(HOST)/comfyui-requirements.txt
 	$(PY) -m pip install -q -r $(HOST)/comfyui-requirements.txt -r requirements.txt -r requirements-test.txt
 	touch $@
+
+$(COMFY_CLI):
+	$(PYTHON) -m venv $(COMFY_CLI_VENV)
+	$(COMFY_CLI_VENV)/bin/python -m pip install -q comfy-cli==1.23.0
+	test -x $@
 
 $(PACK_LINK): | $(HOST_COMFYUI)/main.py
 	ln -sfn $(CURDIR) $@

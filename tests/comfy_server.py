@@ -93,12 +93,18 @@ class PromptRun:
 class ComfyServer:
     """Context manager: start ComfyUI on `port` (a free one by default), stop it on exit.
 
-    `frontend=False` serves an empty front-end root, which skips the browser UI.
+    `frontend=False` serves an empty front-end root, which skips the browser UI; `frontend=True`
+    serves the graph editor of the installed ``comfyui-frontend-package``, as a user's ComfyUI does.
+    `copy_pack=True` copies the pack into ``custom_nodes`` as the registry ships it (see copy_pack)
+    instead of linking this checkout.
     """
 
-    def __init__(self, port: int | None = None, *, frontend: bool = False, ready_timeout_s: float = 120.0):
+    def __init__(
+        self, port: int | None = None, *, frontend: bool = False, copy_pack: bool = False, ready_timeout_s: float = 120.0
+    ):
         self.port = port or free_port()
         self.frontend = frontend
+        self.copy_pack = copy_pack
         self.ready_timeout_s = ready_timeout_s
         self._base_dir: Path | None = None  # a fresh temporary directory per start()
         self._process: subprocess.Popen[bytes] | None = None
@@ -171,7 +177,10 @@ class ComfyServer:
         models = self.base_dir / "models" / "diffusion_models"
         for folder in (custom_nodes, models, self.base_dir / "no-frontend"):
             folder.mkdir(parents=True, exist_ok=True)
-        (custom_nodes / PACK_DIR_NAME).symlink_to(ROOT, target_is_directory=True)
+        if self.copy_pack:
+            copy_pack(custom_nodes / PACK_DIR_NAME)
+        else:
+            (custom_nodes / PACK_DIR_NAME).symlink_to(ROOT, target_is_directory=True)
         (custom_nodes / TEST_NODES_DIR_NAME).symlink_to(TEST_NODES, target_is_directory=True)
         tiny_models = import_tiny_models()
         for variant in tiny_models.FILE_VARIANTS:
@@ -214,6 +223,10 @@ class ComfyServer:
         """GET /object_info/<node>: the node's description, {} when the server has no such node."""
         return self._request("GET", f"/object_info/{node}").get(node, {})
 
+    def save_settings(self, values: dict[str, Any]) -> None:
+        """POST /settings: the user's editor settings (the editor reads them when a page opens)."""
+        self._request("POST", "/settings", values)
+
     def all_object_info(self) -> dict[str, Any]:
         return self._request("GET", "/object_info")
 
@@ -252,6 +265,19 @@ class ComfyServer:
         prompt_id = self.post_prompt(graph)
         history = self.wait(prompt_id)
         return PromptRun(prompt_id, history, self.log_text(start))
+
+
+def copy_pack(dest: Path) -> None:
+    """Copy the pack as `comfy node pack` zips it for the registry: without .git and what .comfyignore
+    and .gitignore name (tests/, tools/, .venv/, caches). Patterns are the simple `name/` and `*.ext` kind."""
+    patterns = [
+        line.strip().strip("/")
+        for name in (".comfyignore", ".gitignore")
+        if (ROOT / name).exists()
+        for line in (ROOT / name).read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(".git", *patterns))
 
 
 def checkpoint_name(variant: str) -> str:

@@ -18,7 +18,9 @@ import workflows_api as wf
 from comfy_server import ComfyServer, PromptRejected, PromptRun
 
 NODE = "DiTCache_ApplyTeaCache"
-TEST_NODES = {"DiTCacheTest_TinyModel", "DiTCacheTest_Conditioning", "DiTCacheTest_Latent"}
+TEST_NODES = {
+    "DiTCacheTest_TinyModel", "DiTCacheTest_Conditioning", "DiTCacheTest_Latent", "DiTCacheTest_ImageToVideo"
+}
 STEPS = 6
 IDENTITY = "1, 0"  # rescale(x) = x: the threshold reads directly as accumulated relative L1
 FAMILY = {

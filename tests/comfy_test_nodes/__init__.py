@@ -86,13 +86,40 @@ class Latent:
         return (tiny_models.latent(variant, batch, size=size or None),)
 
 
+class ImageToVideo:
+    """Stands in for WanImageToVideo in example workflows: the conditioning as given and a tiny video LATENT.
+
+    The tiny Wan experts are text-to-video models, so no start image is encoded (there is no tiny VAE).
+    """
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")
+    RETURN_NAMES = ("positive", "negative", "latent")
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "positive": ("CONDITIONING",),
+                "negative": ("CONDITIONING",),
+                "variant": _variant_input(),
+            }
+        }
+
+    def build(self, positive: list[Any], negative: list[Any], variant: str) -> tuple[Any, Any, dict[str, Any]]:
+        return positive, negative, tiny_models.latent(variant)
+
+
 NODE_CLASS_MAPPINGS = {
     "DiTCacheTest_TinyModel": TinyModel,
     "DiTCacheTest_Conditioning": Conditioning,
     "DiTCacheTest_Latent": Latent,
+    "DiTCacheTest_ImageToVideo": ImageToVideo,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DiTCacheTest_TinyModel": "Tiny DiT Model (test)",
     "DiTCacheTest_Conditioning": "Tiny DiT Conditioning (test)",
     "DiTCacheTest_Latent": "Tiny DiT Latent (test)",
+    "DiTCacheTest_ImageToVideo": "Tiny Image to Video (test)",
 }
