@@ -201,7 +201,8 @@ class FitLayout:
 
 
 def render_fit(x: Sequence[float], y: Sequence[float], coefficients: Sequence[float], caption: Sequence[str]) -> Image.Image:
-    """Scatter of the samples (blue) and the fitted polynomial (red), with a caption under the axes."""
+    """Scatter of the samples (blue) and the fitted polynomial over their range (red), with a caption (ASCII:
+    Pillow's default font has no superscripts)."""
     layout = FitLayout.for_samples(x, y)
     image = Image.new("RGB", (WIDTH, layout.height), BACKGROUND)
     draw = ImageDraw.Draw(image)
@@ -214,7 +215,7 @@ def render_fit(x: Sequence[float], y: Sequence[float], coefficients: Sequence[fl
     draw.text((layout.left + 200, layout.bottom + 4), "indicator change (x) vs output change (y)", fill=INK, font=font)
     for px, py in (layout.point(a, b) for a, b in zip(x, y, strict=True)):
         draw.ellipse((px - 2, py - 2, px + 2, py + 2), fill=SAMPLES)
-    curve_x = np.linspace(0.0, layout.x_max, 300)
+    curve_x = np.linspace(min(x, default=0.0), max(x, default=layout.x_max), 300)  # where the fit has data
     curve = [layout.point(a, b) for a, b in zip(curve_x, np.polyval(coefficients, curve_x), strict=True)]
     for start, end in pairwise(curve):
         if layout.inside(start) and layout.inside(end):

@@ -71,7 +71,7 @@ def dbcache_counts(runs: Sequence[CalibrationRun], config: DBCacheConfig) -> tup
 
     Each call's probe is stood in for by its index in the branch; the gate reads the recorded
     diff between two indices. Beyond calibration.FN_LOOKBACK calls apart nothing was recorded: that call
-    computes, which caps a replayed streak of cached calls at FN_LOOKBACK - 1.
+    computes, which caps a replayed streak of cached calls at FN_LOOKBACK.
     """
     if config.Fn_compute_blocks != CALIBRATED_FN_BLOCKS:
         raise ValueError(

@@ -93,12 +93,19 @@ class CalibrationSampling(SamplingRun):
         if position != 0:
             return run_block(args)
         call = self.call
-        call.img_len = args["img"].shape[1]
-        call.txt_len = args["txt"].shape[1] if kind in self.family.text_stream_kinds else 0
-        indicator = self.family.indicator(self.diffusion_model, args, call, self.patch.base.indicator)
-        stack_input = args["img"].clone()  # blocks may update their input in place
+        try:
+            call.img_len = args["img"].shape[1]
+            call.txt_len = args["txt"].shape[1] if kind in self.family.text_stream_kinds else 0
+            indicator = self.family.indicator(self.diffusion_model, args, call, self.patch.base.indicator)
+            stack_input = args["img"].clone()  # blocks may update their input in place
+        except Exception as error:  # observing must never break the render
+            self.fail(error)
+            return run_block(args)
         out = run_block(args)
-        self.observed = (indicator, self.family.image_tokens(kind, out["img"], call) - stack_input)
+        try:
+            self.observed = (indicator, self.family.image_tokens(kind, out["img"], call) - stack_input)
+        except Exception as error:
+            self.fail(error)
         return out
 
     def end_call(self, output: torch.Tensor) -> None:
@@ -137,8 +144,10 @@ class CalibrationSampling(SamplingRun):
     def finish(self) -> None:
         self.previous.clear()
         self.fn_history.clear()
-        if not self.calls:
-            logger.warning("Calibrate TeaCache [%s]: the model's block loop was never reached", self.family.name)
+        if self.failed or not self.calls:
+            reason = "an error stopped the recording" if self.failed else "the model's block loop was never reached"
+            self.patch.last_error = f"this run was not saved: {reason}"
+            logger.warning("Calibrate TeaCache [%s]: %s", self.family.name, self.patch.last_error)
             return
         try:
             preset = self.patch.add_run(CalibrationRun(self.schedule.total_steps, tuple(self.calls)))

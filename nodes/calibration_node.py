@@ -129,7 +129,7 @@ class CalibrationReport:
             f"preset {PREFIX}{user.name} ({user.preset.family}, indicator {user.preset.indicator}): {path}",
             f"coefficients (highest power first): {', '.join(f'{c:.6g}' for c in user.fit.coefficients)}",
             (
-                f"R² {user.fit.r2:.4f}   samples {user.fit.samples}   runs {len(user.runs)}   "
+                f"R^2 {user.fit.r2:.4f}   samples {user.fit.samples}   runs {len(user.runs)}   "
                 f"recommended rel_l1_thresh {user.preset.recommended_thresh:g} ({RECOMMENDED_SPEEDUP:g}x on these runs)"
             ),
         ]

@@ -1,6 +1,7 @@
 """Calibrate TeaCache, target speedups and the report nodes on tiny models, inside the real ComfyUI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -210,3 +211,19 @@ def test_calibration_report_plots_the_samples_and_the_curve(models) -> None:
         assert tuple(pixels[py, px]) in (ri.SAMPLES, ri.THRESHOLD)  # a sample dot (or the curve over it)
     with pytest.raises(ValueError, match="does not come from Calibrate TeaCache"):
         CalibrationReport().report(model, latent)
+
+
+def test_a_failure_while_observing_never_changes_the_image_and_saves_nothing(models, caplog) -> None:
+    model = models["flux"]
+    patched = calibrate(model, "failing")
+    patch = patched.model_options["transformer_options"]["dit_cache.calibration"]
+
+    def broken(*args: Any) -> torch.Tensor:
+        raise RuntimeError("indicator exploded")
+
+    patch.family = dataclasses.replace(patch.family, indicator=broken)
+    assert torch.equal(sample(patched, "flux"), sample(model, "flux"))
+    assert not (presets_directory() / "failing.json").exists()
+    assert "indicator exploded" in caplog.text and "this run was not saved" in patch.last_error
+    with pytest.raises(ValueError, match="this run was not saved"):
+        CalibrationReport().report(patched, None)
