@@ -10,7 +10,7 @@ import pytest
 import torch
 from dit_cache.caching import report_images as ri
 from dit_cache.caching import user_presets as up
-from dit_cache.caching.calibration import CalibrationCall, CalibrationRun, fit_rescale, fit_runs, samples
+from dit_cache.caching.calibration import CalibrationCall, CalibrationRun, fit_rescale, fit_runs
 from dit_cache.caching.dbcache import DBCacheBranch, DBCacheConfig
 from dit_cache.caching.records import CallRecord, RunSummary
 from dit_cache.caching.target_speedup import (
@@ -44,7 +44,6 @@ def test_fit_recovers_known_coefficients() -> None:
     assert exact.samples == 19 * 3
     noisy = fit_runs([synthetic_run(rng, steps=200, noise=0.002)])
     assert noisy.coefficients == pytest.approx(TRUE, abs=0.3)
-    x, y = samples([synthetic_run(np.random.default_rng(1), steps=200, noise=0.002)])
     grid = np.linspace(0.02, 0.6, 50)
     assert np.abs(np.polyval(noisy.coefficients, grid) - np.polyval(TRUE, grid)).max() < 0.005
     assert 0.99 < noisy.r2 < 1.0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def test_calibration_skips_nothing_and_records_what_teacache_and_the_output_meas
     modulated = [call.modulated[0] for call in probe.calls]
     outputs = [call.stack_out for call in probe.calls]  # final layer input: not the output, see below
     assert [c.indicator[0] for c in run.calls[1:]] == pytest.approx(
-        [relative_l1(a, b) for a, b in zip(modulated, modulated[1:], strict=False)], rel=1e-4)
+        [relative_l1(a, b) for a, b in pairwise(modulated)], rel=1e-4)
     assert run.calls[0].indicator == (None,) and run.calls[0].output == (None,)
     assert len(outputs) == STEPS
     # Fn residual diffs look back over up to 6 earlier calls of the branch.
@@ -91,7 +92,7 @@ def test_output_change_is_the_diffusion_models_output(models) -> None:
         handle.remove()
     (run,) = load(presets_directory() / "out.json").runs
     assert [c.output[0] for c in run.calls[1:]] == pytest.approx(
-        [relative_l1(a, b) for a, b in zip(captured, captured[1:], strict=False)], rel=1e-4)
+        [relative_l1(a, b) for a, b in pairwise(captured)], rel=1e-4)
 
 
 def test_runs_accumulate_into_one_fit_and_append_off_starts_afresh(models) -> None:
@@ -158,7 +159,7 @@ def test_cachedit_target_speedup_from_a_calibration(models) -> None:
     run = patch.last_run
     achieved = run.calls / run.calls_computed
     assert achieved >= 1.6 - 0.25  # the replay compares Fn residuals of the uncached run: close, not exact
-    assert ApplyCacheDiT.VALIDATE_INPUTS(calibration="user:missing") != True  # noqa: E712
+    assert "missing.json" in ApplyCacheDiT.VALIDATE_INPUTS(calibration="user:missing")
 
 
 def test_malformed_preset_names_the_file(models) -> None:
