@@ -6,6 +6,7 @@ numbers as the image. Layout objects are public: tests read back the pixels they
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -140,6 +141,10 @@ def render_report(data: dict) -> Image.Image:
             state = states.get((step, row))
             color = NO_CALL if state is None else COMPUTED if state else CACHED
             draw.rectangle(layout.cell(step, row), fill=color)
+    every = math.ceil(data["total_steps"] / 25)  # step numbers under the timeline, at most 25 of them
+    for step in range(0, data["total_steps"], every):
+        x0, _, _, _ = layout.cell(step, 0)
+        draw.text((x0 + 1, layout.top + max(data["branches"], 1) * layout.row_height + 2), str(step), fill=INK, font=font)
 
     top_value = chart_scale(data)
     draw.rectangle((layout.left, layout.chart_top, layout.right, layout.chart_bottom), outline=GRID)
