@@ -173,17 +173,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
     args.out.mkdir(exist_ok=True)
+    present = [s for s in SETTINGS if fx.weights_path(s.fixture).exists()]
+    missing = [s.fixture for s in SETTINGS if s not in present]
     with tempfile.TemporaryDirectory() as user_dir:
         folder_paths.set_user_directory(user_dir)
-        sections = [line for setting in SETTINGS for line in fixture_section(setting, args.out)]
+        sections = [line for setting in present for line in fixture_section(setting, args.out)]
+    if missing:
+        sections.append(f"Not measured: the {', '.join(missing)} fixture (no trained weights in bench/fixtures/ yet).")
     header = [
         "# Calibrating TeaCache: measured on the trained fixtures",
         "",
         (f"Written by `bench/calibration.py` on {datetime.date.today()} ({platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, ComfyUI 0.3.75). Models: the small "
-        "trained Flux and Wan fixtures of `tests/trained_models.py` (ComfyUI's own classes, trained by rectified "
-        "flow on procedural shapes), not the full-size models: the numbers show what calibration does relative to "
-        "a borrowed preset on a model whose coefficients nobody published, not what FLUX.1 or Wan 2.2 reach."),
+        "trained fixtures of `tests/trained_models.py` (ComfyUI's own classes, trained by rectified flow on "
+        "procedural shapes), not full-size models: the numbers show what calibration does against a borrowed "
+        "preset on a model whose coefficients nobody published, not what FLUX.1 or Wan 2.2 reach."),
         "",
     ]
     (args.out / "calibration.md").write_text("\n".join(header + sections))
