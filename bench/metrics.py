@@ -13,10 +13,19 @@ def _peak(reference: torch.Tensor) -> float:
     return float(reference.max() - reference.min())
 
 
+def relative_mse(result: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean squared error over the squared value range of the reference (PSNR's 10^(-PSNR/10))."""
+    return torch.mean((result.double() - reference.double()) ** 2).item() / _peak(reference) ** 2
+
+
+def psnr_of(relative: float) -> float:
+    """PSNR in dB of a relative MSE; inf when zero."""
+    return math.inf if relative == 0.0 else -10.0 * math.log10(relative)
+
+
 def psnr(result: torch.Tensor, reference: torch.Tensor) -> float:
     """PSNR in dB with the reference's value range as peak; inf when identical."""
-    mse = torch.mean((result.double() - reference.double()) ** 2).item()
-    return math.inf if mse == 0.0 else 10.0 * math.log10(_peak(reference) ** 2 / mse)
+    return psnr_of(relative_mse(result, reference))
 
 
 def _gaussian_window(size: int = 7, sigma: float = 1.5) -> torch.Tensor:
