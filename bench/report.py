@@ -42,6 +42,13 @@ them.
   the bound the executed blocks set (1 / blocks executed). "Overhead" rows run a method that never skips
   (a threshold nothing is below): the machinery's cost alone. On a shared 2-core CPU, timings move by a few
   per cent from run to run; the ratios are what to read.
+- **EasyCache** is ComfyUI 0.3.75's node at its defaults (start 0.15, end 0.95) over a `reuse_threshold`
+  sweep, with one adjustment: it is handed a copy of the diffusion model's input. On a skipped step it adds
+  its cached difference into that input in place; in fp32 (these CPU runs) the input is the very tensor the
+  sampler then turns into the denoised latent, so every skipped step is corrupted (on the Flux fixture
+  `reuse_threshold` 0.025 gave 22 dB instead of 50 dB, 0.2 gave 14 dB instead of 34 dB). In bf16/fp16, as on
+  a GPU, ComfyUI casts the input to a new tensor first, which the copy reproduces: EasyCache is measured as
+  GPU users run it. (Worth reporting to ComfyUI.)
 """
 
 GPU_NOT_RUN = """`bench/gpu.py` (`make bench-gpu`) is ready but has not been run on a GPU yet: no GPU was available when
