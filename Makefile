@@ -1,5 +1,7 @@
 # make test: set up a real ComfyUI (0.3.75) in .host/ with the pack linked in, run the tests.
 # make run:  same set-up, then serve ComfyUI with the pack and run the demo on tiny models.
+# make bench: same set-up, then the benchmarks (docs/benchmarks.md); `make bench BENCH_ARGS=--quick` for a short run.
+# make bench-gpu: real-size models on a GPU (bench/gpu.py).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,12 +11,23 @@ COMFYUI_PATH ?= $(HOST_COMFYUI)
 PACK_LINK := $(HOST_COMFYUI)/custom_nodes/comfyui-dit-cache
 export COMFYUI_PATH
 
-.PHONY: test run setup
+.PHONY: test run setup bench bench-gpu
 test: setup
 	$(PY) -m pytest tests -q
 
 run: setup
 	$(PY) tests/demo.py
+
+bench: setup $(VENV)/.bench
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-gpu: setup $(VENV)/.bench
+	$(PY) bench/gpu.py $(BENCH_ARGS)
+
+# Plotting is for the benchmarks only: neither the pack nor its tests need it.
+$(VENV)/.bench: $(VENV)/.deps bench/requirements.txt
+	$(PY) -m pip install -q -r bench/requirements.txt
+	touch $@
 
 # The pack is linked into the ComfyUI this Makefile unpacked, never into your own checkout.
 setup: $(VENV)/.deps $(if $(filter $(HOST_COMFYUI),$(COMFYUI_PATH)),$(PACK_LINK))

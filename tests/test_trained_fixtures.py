@@ -11,10 +11,10 @@ import trained_models as fx
 from dit_cache.nodes.cachedit_node import ApplyCacheDiT
 
 STEPS = 20
-CLASSES = (0, 3, 5)
+CLASSES = (3, 6)
 
 
-@pytest.fixture(scope="module", params=["flux"])
+@pytest.fixture(scope="module", params=fx.FIXTURES)
 def fixture(request: pytest.FixtureRequest) -> tuple[str, Any]:
     return request.param, fx.load_model(request.param)
 
