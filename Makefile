@@ -2,6 +2,8 @@
 # make run:  same set-up, then serve ComfyUI with the pack and run the demo on tiny models.
 # make workflows:   rebuild workflows/*.json from ComfyUI's official templates (tools/make_workflows.py).
 # make screenshots: redraw docs/*.png from the example workflows in the real editor (tools/screenshots.py).
+# make bench: same set-up, then the benchmarks (docs/benchmarks.md); `make bench BENCH_ARGS=--quick` for a short run.
+# make bench-gpu: real-size models on a GPU (bench/gpu.py).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -17,7 +19,7 @@ COMFY_CLI_VENV := $(HOST)/comfy-cli
 COMFY_CLI := $(COMFY_CLI_VENV)/bin/comfy
 export COMFYUI_PATH CHROMIUM
 
-.PHONY: test run setup workflows screenshots
+.PHONY: test run setup workflows screenshots bench bench-gpu
 test: setup
 	$(PY) -m pytest tests -q
 
@@ -29,6 +31,17 @@ workflows: setup
 
 screenshots: setup
 	$(PY) tools/screenshots.py
+
+bench: setup $(VENV)/.bench
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-gpu: setup $(VENV)/.bench
+	$(PY) bench/gpu.py $(BENCH_ARGS)
+
+# Plotting is for the benchmarks only: neither the pack nor its tests need it.
+$(VENV)/.bench: $(VENV)/.deps bench/requirements.txt
+	$(PY) -m pip install -q -r bench/requirements.txt
+	touch $@
 
 # The pack is linked into the ComfyUI this Makefile unpacked, never into your own checkout.
 setup: $(VENV)/.deps $(CHROMIUM) $(COMFY_CLI) $(if $(filter $(HOST_COMFYUI),$(COMFYUI_PATH)),$(PACK_LINK))

@@ -14,6 +14,7 @@ cache-dit's own code. Deliberate differences are named where they are made.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -244,9 +245,13 @@ class DBCacheBranch:
     can_cache(); then either mark_cached() and approximate(), or run the middle blocks and store().
     """
 
-    def __init__(self, config: DBCacheConfig, total_steps: int):
+    def __init__(
+        self, config: DBCacheConfig, total_steps: int, diff: Callable[[torch.Tensor, torch.Tensor], float] = residual_diff
+    ):
+        """`diff` measures the probe's change; calibration passes recorded diffs to replay a run."""
         _check_int("total_steps", total_steps, 1)
         self.config = config
+        self.diff = diff
         self.total_steps = total_steps
         self.mask = config.steps_mask(total_steps)
         self.warmup_steps = frozenset(range(0, self._warmup_limit(), config.warmup_interval))
@@ -320,7 +325,7 @@ class DBCacheBranch:
         if threshold >= 1.0:
             self._record(step, -1.0)
             return True
-        diff = residual_diff(self._fn_residual, fn_residual)
+        diff = self.diff(self._fn_residual, fn_residual)
         self._record(step, diff)
         return diff < threshold
 

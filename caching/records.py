@@ -14,6 +14,7 @@ class CallRecord:
     branches: tuple[Hashable, ...]
     rel_l1: tuple[float | None, ...]  # the method's relative L1 signal per branch (None: not measured)
     computed: bool
+    signal: tuple[float | None, ...] = ()  # per branch, what was compared with the threshold (TeaCache: the sum)
 
 
 @dataclass(frozen=True)

@@ -83,14 +83,8 @@ class TeaCacheRun:
     records: list[CallRecord] = field(default_factory=list)
 
     def decide(self, keys: Sequence[Hashable], indicators: Sequence[torch.Tensor], step: int, in_window: bool) -> bool:
-        """Return True when this call must compute, and advance every branch's state.
-
-        A call that carries several branches (ComfyUI batches cond and uncond) computes when
-        any of them must; all of them then restart their accumulation from a fresh residual.
-        """
-        cfg = self.config
+        """Measure each branch's indicator change, then apply the rule (`decide_changes`)."""
         states = [self.branches.setdefault(k, BranchState()) for k in keys]
-        forced = step < cfg.warmup_steps or (cfg.force_last_step and step >= self.total_steps - 1) or not in_window
         comparable = [
             s.previous is not None and s.previous.shape == ind.shape for s, ind in zip(states, indicators, strict=True)
         ]
@@ -101,20 +95,37 @@ class TeaCacheRun:
             ]
             values = iter(torch.stack(measured).tolist())  # one host sync for all branches
             changes = [next(values) if ok else None for ok in comparable]
+        for state, indicator in zip(states, indicators, strict=True):
+            state.previous = indicator
+        return self.decide_changes(keys, changes, step, in_window)
 
+    def decide_changes(
+        self, keys: Sequence[Hashable], changes: Sequence[float | None], step: int, in_window: bool
+    ) -> bool:
+        """The rule on measured changes (None: not measurable); True when this call must compute.
+
+        A call that carries several branches (ComfyUI batches cond and uncond) computes when
+        any of them must; all of them then restart their accumulation from a fresh residual.
+        Calibration replays recorded changes through this same method to predict a speedup.
+        """
+        cfg = self.config
+        states = [self.branches.setdefault(k, BranchState()) for k in keys]
+        forced = step < cfg.warmup_steps or (cfg.force_last_step and step >= self.total_steps - 1) or not in_window
         compute = forced or cfg.rel_l1_thresh <= 0.0
-        for state, indicator, change in zip(states, indicators, changes, strict=True):
+        accumulated: list[float | None] = []
+        for state, change in zip(states, changes, strict=True):
             if change is None or not math.isfinite(change) or state.residual is None:
                 compute = True
+                accumulated.append(None)
             else:
                 state.accumulated += rescale(cfg.coefficients, change)
+                accumulated.append(state.accumulated)
                 if state.accumulated >= cfg.rel_l1_thresh:
                     compute = True
-            state.previous = indicator
         if compute:
             for state in states:
                 state.accumulated = 0.0
-        self.records.append(CallRecord(step, tuple(keys), tuple(changes), compute))
+        self.records.append(CallRecord(step, tuple(keys), tuple(changes), compute, tuple(accumulated)))
         return compute
 
     def store(self, keys: Sequence[Hashable], residual: torch.Tensor | None) -> None:

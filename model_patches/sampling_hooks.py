@@ -53,6 +53,9 @@ class SamplingRun:
     def on_block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:
         raise NotImplementedError
 
+    def end_call(self, output: torch.Tensor) -> None:
+        """The diffusion model's output of the current call (calibration measures it)."""
+
     def finish(self) -> None:
         """Called once when the sampling run ends (also on error or interrupt)."""
 
@@ -137,7 +140,13 @@ def _diffusion_model_wrapper(run_key: str, executor: Any, *args: Any, **kwargs: 
     except Exception as error:  # e.g. a newer ComfyUI's signature: pass through, never break sampling
         run.fail(error)
     try:
-        return executor(*args, **kwargs)
+        output = executor(*args, **kwargs)
+        if not run.failed:
+            try:
+                run.end_call(output)
+            except Exception as error:
+                run.fail(error)
+        return output
     finally:
         run.call = None  # block hooks outside this call must never act on it
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from ..caching.dbcache import DBCacheConfig
 from ..model_patches.registry import SUPPORTED, detect_or_warn
+from .presets import TARGET_SPEEDUP_TOOLTIP, cachedit_target_threshold, check_target, load_user_preset, user_choices
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +175,26 @@ class ApplyCacheDiT:
                         "tooltip": "Advanced: stop caching once the run's summed residual diffs reach this (0: off).",
                     },
                 ),
+                "target_speedup": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 20.0,
+                        "step": 0.05,
+                        "tooltip": TARGET_SPEEDUP_TOOLTIP.format(fallback="residual_diff_threshold")
+                        + " Only with Fn_compute_blocks 1 (what calibration measures); replaces "
+                        "residual_diff_threshold when it can.",
+                    },
+                ),
+                "calibration": (
+                    ["none", *user_choices()],
+                    {
+                        "default": "none",
+                        "tooltip": "The calibrated preset (Calibrate TeaCache on this model) whose runs "
+                        "target_speedup replays.",
+                    },
+                ),
             },
         }
 
@@ -180,6 +202,10 @@ class ApplyCacheDiT:
     def VALIDATE_INPUTS(cls, **inputs: Any) -> bool | str:
         try:
             build_config(**inputs)
+            check_target(inputs.get("target_speedup"))
+            calibration = inputs.get("calibration")
+            if calibration not in (None, "none"):
+                load_user_preset(str(calibration), "calibration")  # a missing or malformed file: an error naming it
         except (TypeError, ValueError) as error:
             return str(error)
         return True
@@ -189,6 +215,10 @@ class ApplyCacheDiT:
         if family is None:
             return (model,)
         config = build_config(**inputs)
+        target = check_target(inputs.get("target_speedup"))
+        if target:
+            threshold = cachedit_target_threshold(inputs.get("calibration") or "none", config, target, family.name)
+            config = replace(config, residual_diff_threshold=threshold)
         try:
             from ..model_patches.cachedit_patch import apply_cachedit
         except Exception as error:  # a ComfyUI whose patching API moved: never break the workflow

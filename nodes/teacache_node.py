@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from ..caching.teacache import TeaCacheConfig
 from ..caching.teacache_presets import MODEL_TYPES, PRESETS, TeaCachePreset, parse_coefficients
 from ..model_patches.registry import SUPPORTED, detect_or_warn
+from .presets import (
+    TARGET_SPEEDUP_TOOLTIP,
+    check_target,
+    resolve_teacache_preset,
+    teacache_target_threshold,
+    user_choices,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +36,7 @@ _LINKED_STAND_INS = {
     "end_percent": 1.0,
     "cache_device": CACHE_DEVICES[0],
     "coefficients": "",
+    "target_speedup": 0.0,
 }
 
 
@@ -79,7 +88,7 @@ class ApplyTeaCache:
             "required": {
                 "model": ("MODEL", {"tooltip": "The diffusion model to accelerate (it is not modified)."}),
                 "model_type": (
-                    list(MODEL_TYPES),
+                    list(MODEL_TYPES) + user_choices(),
                     {
                         "default": "auto",
                         "tooltip": "Which rescale coefficients to use. auto picks from the loaded model "
@@ -138,6 +147,17 @@ class ApplyTeaCache:
                         "(e.g. from a calibration). Empty = the preset's.",
                     },
                 ),
+                "target_speedup": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 20.0,
+                        "step": 0.05,
+                        "tooltip": TARGET_SPEEDUP_TOOLTIP.format(fallback="the preset's recommended threshold")
+                        + " Replaces rel_l1_thresh when set.",
+                    },
+                ),
             },
         }
 
@@ -150,6 +170,7 @@ class ApplyTeaCache:
         end_percent: float,
         cache_device: str,
         coefficients: str = "",
+        target_speedup: float = 0.0,
     ) -> bool | str:
         given = {
             "model_type": model_type,
@@ -158,14 +179,15 @@ class ApplyTeaCache:
             "end_percent": end_percent,
             "cache_device": cache_device,
             "coefficients": coefficients,
+            "target_speedup": target_speedup,
         }
         # ComfyUI passes None for an input linked from another node: its value exists only at run
         # time, where build_config checks it; a permissive stand-in lets the other inputs be checked.
         values = {name: _LINKED_STAND_INS[name] if value is None else value for name, value in given.items()}
         try:
-            preset = PRESETS.get(values["model_type"]) or next(iter(PRESETS.values()))
-            if values["model_type"] != "auto" and values["model_type"] not in PRESETS:
-                raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {values['model_type']!r}")
+            model_type = values["model_type"]
+            preset = next(iter(PRESETS.values())) if model_type == "auto" else resolve_teacache_preset(model_type)[0]
+            check_target(values["target_speedup"])
             thresh, start, end = (_number(n, values[n]) for n in ("rel_l1_thresh", "start_percent", "end_percent"))
             if not 0.0 <= thresh <= 10.0:
                 raise ValueError(f"rel_l1_thresh must be between 0 and 10, got {thresh}")
@@ -183,11 +205,12 @@ class ApplyTeaCache:
         end_percent: float,
         cache_device: str,
         coefficients: str = "",
+        target_speedup: float = 0.0,
     ) -> tuple[Any]:
         family = detect_or_warn(model, "Apply TeaCache")
         if family is None:
             return (model,)
-        preset = PRESETS[family.auto_preset(model) if model_type == "auto" else model_type]
+        preset, user = resolve_teacache_preset(family.auto_preset(model) if model_type == "auto" else model_type)
         if preset.family != family.name:
             logger.warning(
                 "Apply TeaCache: preset %s was made for %s, not for this %s model",
@@ -198,6 +221,9 @@ class ApplyTeaCache:
         if preset.borrowed:
             logger.info("Apply TeaCache: %s", preset.describe())
         config = build_config(preset, rel_l1_thresh, start_percent, end_percent, cache_device, coefficients)
+        target = check_target(target_speedup)
+        if target:
+            config = replace(config, rel_l1_thresh=teacache_target_threshold(model, preset, user, config, target))
         try:
             from ..model_patches.teacache_patch import apply_teacache
 

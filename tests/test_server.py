@@ -21,6 +21,7 @@ NODE = "DiTCache_ApplyTeaCache"
 TEST_NODES = {
     "DiTCacheTest_TinyModel", "DiTCacheTest_Conditioning", "DiTCacheTest_Latent", "DiTCacheTest_ImageToVideo"
 }
+CALIBRATION_NODES = ("DiTCache_CalibrateTeaCache", "DiTCache_CalibrationReport", "DiTCache_CacheReport")
 STEPS = 6
 IDENTITY = "1, 0"  # rescale(x) = x: the threshold reads directly as accumulated relative L1
 FAMILY = {
@@ -60,7 +61,7 @@ def test_object_info_describes_apply_teacache(server: ComfyServer) -> None:
     assert info["output"] == ["MODEL"]
     required, optional = info["input"]["required"], info["input"]["optional"]
     assert list(required) == ["model", "model_type", "rel_l1_thresh", "start_percent", "end_percent", "cache_device"]
-    assert list(optional) == ["coefficients"]
+    assert list(optional) == ["coefficients", "target_speedup"]
     assert required["model"][0] == "MODEL"
     model_types = required["model_type"][0]
     assert model_types[0] == "auto" and required["model_type"][1]["default"] == "auto"
@@ -78,7 +79,7 @@ def test_object_info_describes_apply_teacache(server: ComfyServer) -> None:
 
 
 def test_test_nodes_are_served_but_never_registered_by_the_pack(server: ComfyServer) -> None:
-    assert set(dit_cache.NODE_CLASS_MAPPINGS) == {NODE, "DiTCache_ApplyCacheDiT"}
+    assert set(dit_cache.NODE_CLASS_MAPPINGS) == {NODE, "DiTCache_ApplyCacheDiT", *CALIBRATION_NODES}
     info = server.all_object_info()
     assert {name for name in info if name.startswith("DiTCacheTest_")} == TEST_NODES
     assert {info[name]["python_module"] for name in TEST_NODES} == {"custom_nodes.dit_cache_test_nodes"}
@@ -169,7 +170,8 @@ def test_object_info_describes_apply_cachedit(server: ComfyServer) -> None:
     assert {"Fn_compute_blocks", "Bn_compute_blocks", "residual_diff_threshold", "max_warmup_steps",
             "warmup_interval", "max_cached_steps", "max_continuous_cached_steps", "enable_taylorseer",
             "taylorseer_order", "taylorseer_cache_type", "scm_preset", "scm_policy"} <= set(required)
-    assert {"scm_compute_bins", "scm_cache_bins", "max_accumulated_residual_diff_threshold"} <= set(optional)
+    assert {"scm_compute_bins", "scm_cache_bins", "max_accumulated_residual_diff_threshold", "target_speedup",
+            "calibration"} <= set(optional)
     defaults = {name: options.get("default") for name, (_, options) in required.items() if name != "model"}
     assert defaults["Fn_compute_blocks"] == 1 and defaults["Bn_compute_blocks"] == 0
     assert defaults["residual_diff_threshold"] == 0.24 and defaults["max_warmup_steps"] == 4
@@ -206,3 +208,49 @@ def test_cachedit_invalid_inputs_are_rejected(server: ComfyServer, settings: dic
 def test_cachedit_too_many_compute_blocks_fails_the_node_with_the_models_limit(server: ComfyServer) -> None:
     run = server.run(wf.graph("flux", wf.CacheDiT({"Fn_compute_blocks": 4}), steps=2))
     assert run.status == "error" and "4 transformer blocks" in str(run.error)
+
+
+def with_report(graph: dict[str, Any], report: str, model: Any) -> dict[str, Any]:
+    """`graph` plus a report node after its sampler and a PreviewImage that shows the report."""
+    graph["report"] = {"class_type": report, "inputs": {"model": model, "latent": [wf.SAMPLER, 0]}}
+    graph["preview"] = {"class_type": "PreviewImage", "inputs": {"images": ["report", 0]}}
+    return graph
+
+
+def preview_size(server: ComfyServer, run: PromptRun) -> tuple[int, int]:
+    from PIL import Image
+
+    (image,) = run.history["outputs"]["preview"]["images"]
+    with Image.open(server.base_dir / "temp" / image["subfolder"] / image["filename"]) as opened:
+        return opened.size
+
+
+def test_calibrate_then_pick_the_preset_and_a_target_speedup(server: ComfyServer) -> None:
+    """Calibration writes a preset that Apply TeaCache lists on the next /object_info and uses for a target."""
+    assert "user:e2e_wan" not in server.object_info(NODE)["input"]["required"]["model_type"][0]
+    calibrate = wf.graph("wan21_t2v", steps=STEPS)
+    calibrate[wf.METHOD] = {"class_type": "DiTCache_CalibrateTeaCache", "inputs": {
+        "model": [wf.LOADER, 0], "preset_name": "e2e_wan", "model_type": "auto", "append": True}}
+    calibrate[wf.SAMPLER]["inputs"]["model"] = [wf.METHOD, 0]
+    plain = latent_of(server, run_ok(server, wf.graph("wan21_t2v", steps=STEPS)))
+    run = run_ok(server, with_report(calibrate, "DiTCache_CalibrationReport", [wf.METHOD, 0]))
+    assert torch.equal(latent_of(server, run), plain)  # calibration skips nothing
+    assert "Calibrate TeaCache [wan]: preset e2e_wan from 1 run(s)" in run.log
+    assert (server.base_dir / "user" / "dit_cache" / "teacache_presets" / "e2e_wan.json").is_file()
+    assert preview_size(server, run)[0] == 800
+
+    assert "user:e2e_wan" in server.object_info(NODE)["input"]["required"]["model_type"][0]
+    assert "user:e2e_wan" in server.object_info(CACHEDIT_NODE)["input"]["optional"]["calibration"][0]
+    targeted = wf.graph("wan21_t2v", wf.TeaCache(model_type="user:e2e_wan"), steps=STEPS)
+    targeted[wf.METHOD]["inputs"]["target_speedup"] = 1.5
+    run = run_ok(server, with_report(targeted, "DiTCache_CacheReport", [wf.METHOD, 0]))
+    assert "Apply TeaCache: target 1.50x on 1 calibration run(s) of user:e2e_wan" in run.log
+    (line,) = teacache_lines(run.log)
+    assert int(line["computed"]) < STEPS and preview_size(server, run)[0] == 800
+
+
+def test_a_missing_preset_is_rejected_naming_the_input(server: ComfyServer) -> None:
+    with pytest.raises(PromptRejected) as rejected:
+        server.post_prompt(wf.graph("flux", wf.TeaCache(model_type="user:absent"), steps=2))
+    errors = rejected.value.body["node_errors"][wf.METHOD]["errors"]
+    assert any("model_type 'user:absent'" in f"{e['message']} {e['details']}" for e in errors), errors

@@ -1,0 +1,133 @@
+"""Where calibrated presets live in ComfyUI, how the nodes list and resolve them, and target speedups."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..caching.dbcache import DBCacheConfig
+from ..caching.target_speedup import SigmaWindow, dbcache_threshold, teacache_threshold
+from ..caching.teacache import TeaCacheConfig
+from ..caching.teacache_presets import MODEL_TYPES, PRESETS, TeaCachePreset
+from ..caching.user_presets import PREFIX, PresetFileError, UserPreset, load, names, path_for
+
+logger = logging.getLogger(__name__)
+
+TARGET_SPEEDUP_TOOLTIP = (
+    "Optional: aim for this many times fewer transformer evaluations (e.g. 2.0) instead of giving the "
+    "threshold. Needs a calibrated preset (Calibrate TeaCache): the threshold is chosen by replaying its "
+    "runs. Without one the node says so and uses {fallback}. 0 = off."
+)
+
+
+def presets_directory() -> Path:
+    """<ComfyUI user directory>/dit_cache/teacache_presets."""
+    import folder_paths
+
+    return Path(folder_paths.get_user_directory()) / "dit_cache" / "teacache_presets"
+
+
+def user_choices() -> list[str]:
+    """Calibrated presets on disk as the nodes list them ('user:<name>'); read when /object_info is asked."""
+    try:
+        return [PREFIX + name for name in names(presets_directory())]
+    except Exception as error:  # a missing or unreadable user directory must not hide the node
+        logger.warning("dit-cache: cannot list calibrated presets: %r", error)
+        return []
+
+
+def load_user_preset(choice: str, input_name: str) -> UserPreset:
+    """The calibrated preset behind 'user:<name>'; PresetFileError names the input and the file."""
+    try:
+        return load(path_for(presets_directory(), choice.removeprefix(PREFIX)))
+    except PresetFileError as error:
+        raise PresetFileError(f"{input_name} {choice!r}: {error}") from None
+
+
+def resolve_teacache_preset(model_type: str) -> tuple[TeaCachePreset, UserPreset | None]:
+    """A built-in preset, or a calibrated one with its calibration data; ValueError names the input."""
+    if model_type in PRESETS:
+        return PRESETS[model_type], None
+    if isinstance(model_type, str) and model_type.startswith(PREFIX):
+        user = load_user_preset(model_type, "model_type")
+        return user.preset, user
+    raise ValueError(
+        f"model_type must be one of {', '.join(MODEL_TYPES)} or a calibrated preset 'user:<name>', got {model_type!r}"
+    )
+
+
+def check_target(target: object) -> float:
+    """target_speedup as a float: 0 (off) or at least 1."""
+    try:
+        value = float(target or 0.0)
+    except (TypeError, ValueError):
+        raise ValueError(f"target_speedup must be a number, got {target!r}") from None
+    if value != 0.0 and not 1.0 <= value <= 20.0:
+        raise ValueError(f"target_speedup must be 0 (off) or between 1 and 20, got {value}")
+    return value
+
+
+def sigma_window(model: Any, start_percent: float, end_percent: float) -> SigmaWindow:
+    sampling = model.get_model_object("model_sampling")
+    return SigmaWindow(sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent))
+
+
+def teacache_target_threshold(
+    model: Any, preset: TeaCachePreset, user: UserPreset | None, config: TeaCacheConfig, target: float
+) -> float:
+    """rel_l1_thresh for `target`: chosen on the preset's calibration runs, else its recommended one."""
+    if user is None or not user.runs:
+        logger.warning(
+            "Apply TeaCache: preset %s has no calibration runs, so target_speedup %.2fx cannot choose a threshold; "
+            "using its recommended rel_l1_thresh %g (run Calibrate TeaCache on this model to hit a target)",
+            preset.name,
+            target,
+            preset.recommended_thresh,
+        )
+        return preset.recommended_thresh
+    window = sigma_window(model, config.start_percent, config.end_percent)
+    choice = teacache_threshold(user.runs, config, target, window)
+    log = logger.info if choice.reachable else logger.warning
+    log(
+        "Apply TeaCache: target %.2fx on %d calibration run(s) of %s: %s",
+        target,
+        len(user.runs),
+        preset.name,
+        choice.describe(),
+    )
+    return choice.threshold
+
+
+def cachedit_target_threshold(calibration: str, config: DBCacheConfig, target: float, family: str) -> float:
+    """residual_diff_threshold for `target`: chosen on a calibration's runs, else the node's own threshold."""
+    reason = "no calibration is chosen"
+    if calibration and calibration != "none":
+        user = load_user_preset(calibration, "calibration")
+        if user.preset.family != family:
+            reason = f"{calibration} was calibrated on a {user.preset.family} model, not {family}"
+        elif not user.runs:
+            reason = f"{calibration} has no calibration runs"
+        else:
+            try:
+                choice = dbcache_threshold(user.runs, config, target)
+            except ValueError as error:
+                reason = f"{calibration} cannot predict these settings ({error})"
+            else:
+                log = logger.info if choice.reachable else logger.warning
+                log(
+                    "Apply Cache-DiT: target %.2fx on %d calibration run(s) of %s: %s",
+                    target,
+                    len(user.runs),
+                    calibration,
+                    choice.describe(),
+                )
+                return choice.threshold
+    logger.warning(
+        "Apply Cache-DiT: target_speedup %.2fx needs a calibration with first-block residual diffs (Fn=1), but "
+        "%s; using residual_diff_threshold %g",
+        target,
+        reason,
+        config.residual_diff_threshold,
+    )
+    return config.residual_diff_threshold

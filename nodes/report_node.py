@@ -1,0 +1,71 @@
+"""Cache report: what TeaCache or Cache-DiT did in the latest sampling run, as an IMAGE and as JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..caching.report_images import render_report, report_data
+from .calibration_node import image_batch
+
+# transformer_options key of each method's patch -> (name, the config's threshold attribute)
+METHODS = {
+    "dit_cache.teacache": ("TeaCache", "rel_l1_thresh"),
+    "dit_cache.cachedit": ("Cache-DiT", "residual_diff_threshold"),
+}
+
+
+def run_reports(model: Any) -> list[dict]:
+    """The report data of every caching method on this MODEL that has finished a run."""
+    options = model.model_options.get("transformer_options", {})
+    reports = []
+    for key, (method, threshold) in METHODS.items():
+        patch = options.get(key)
+        if patch is not None and patch.last_run is not None:
+            config = patch.config
+            reports.append(report_data(patch.last_run, method, config.tag(), getattr(config, threshold)))
+    return reports
+
+
+def stacked(images: list[Image.Image]) -> Image.Image:
+    """Images one above the other (a MODEL can carry both methods)."""
+    result = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images)), (255, 255, 255))
+    top = 0
+    for image in images:
+        result.paste(image, (0, top))
+        top += image.height
+    return result
+
+
+class CacheReport:
+    DESCRIPTION = (
+        "What the cache did in the latest sampling run of this MODEL (Apply TeaCache or Apply Cache-DiT): a "
+        "timeline of computed and cached steps per CFG branch, the accumulated change against the threshold, "
+        "and the totals, as an IMAGE; the same data as JSON for scripts. Place it after the sampler."
+    )
+    CATEGORY = "DiT Cache"
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("report", "json")
+    FUNCTION = "report"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The MODEL output of Apply TeaCache or Apply Cache-DiT."}),
+                "latent": ("LATENT", {"tooltip": "The sampler's output: makes the report run after sampling."}),
+            }
+        }
+
+    def report(self, model: Any, latent: Any) -> tuple[torch.Tensor, str]:
+        reports = run_reports(model)
+        if not reports:
+            raise ValueError(
+                "Cache report: this MODEL has no finished TeaCache or Cache-DiT run; connect the MODEL that "
+                "the sampler used and the sampler's LATENT output"
+            )
+        image = stacked([render_report(r) for r in reports])
+        return image_batch(image), json.dumps({"runs": reports}, indent=1)
