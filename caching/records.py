@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,11 @@ class CallRecord:
     branches: tuple[Hashable, ...]
     rel_l1: tuple[float | None, ...]  # the method's relative L1 signal per branch (None: not measured)
     computed: bool
+
+
+def computed_after_all(records: list[CallRecord]) -> None:
+    """The last call was decided as cached, but its replay failed and it computed instead."""
+    records[-1] = replace(records[-1], computed=True)
 
 
 @dataclass(frozen=True)
