@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import comfy.sample
-import pytest
 import tiny_models as tm
 import torch
 import torch._dynamo
@@ -49,11 +48,15 @@ def test_compiled_model_matches_and_recompiles_no_more_than_comfyuis_own(monkeyp
     comfyui_alone = graphs()
 
     traced: list[bool] = []
-    for owner, name in ((TeaCacheRun, "decide"), (DBCacheBranch, "can_cache")):
-        def spy(self: Any, *args: Any, _original: Any = getattr(owner, name)) -> Any:
+
+    def spy_on(original: Any) -> Any:
+        def spy(self: Any, *args: Any) -> Any:
             traced.append(torch.compiler.is_compiling())
-            return _original(self, *args)
-        monkeypatch.setattr(owner, name, spy)
+            return original(self, *args)
+        return spy
+
+    for owner, name in ((TeaCacheRun, "decide"), (DBCacheBranch, "can_cache")):
+        monkeypatch.setattr(owner, name, spy_on(getattr(owner, name)))
 
     patched = {
         "teacache": ApplyTeaCache().apply(model, "auto", 1.0, 0.0, 1.0, "main_device", "1, 0")[0],
@@ -65,7 +68,9 @@ def test_compiled_model_matches_and_recompiles_no_more_than_comfyuis_own(monkeyp
         decisions = [r.computed for r in method.model_options["transformer_options"][key].last_run.records]
         assert False in decisions
         for _ in range(2):  # a second run must not recompile: no guard depends on a run's state
+            frames = torch._dynamo.utils.counters["frames"]["total"]
             result = sample(compiled(method))
+            assert torch._dynamo.utils.counters["frames"]["total"] > frames  # Dynamo really ran the model
             torch.testing.assert_close(result, expected, rtol=1e-4, atol=1e-4)
             records = method.model_options["transformer_options"][key].last_run.records
             assert [r.computed for r in records] == decisions
