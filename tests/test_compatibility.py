@@ -13,6 +13,7 @@ from typing import Any
 
 import comfy.controlnet
 import comfy.ldm.flux.controlnet
+import comfy.ldm.qwen_image.controlnet
 import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
@@ -161,39 +162,56 @@ def test_weight_dtypes_and_manual_cast_ops_are_left_alone(tmp_path_factory, meth
 
 
 @pytest.fixture(scope="module")
-def flux_controlnet() -> comfy.controlnet.ControlNet:
-    """A tiny XLabs-style Flux ControlNet (ComfyUI's ControlNetFlux), as load_controlnet builds it."""
-    control_model = comfy.ldm.flux.controlnet.ControlNetFlux(
+def controlnets() -> dict[str, tuple[comfy.controlnet.ControlNet, torch.Tensor]]:
+    """Tiny ControlNets built from ComfyUI's classes as its loaders build them, with a hint each.
+
+    Flux: XLabs-style ControlNetFlux on an image 8x the latent. Qwen-Image: the InstantX
+    QwenImageControlNetModel, given its hint as a latent (the loader's VAE encode step left out).
+    """
+    flux = comfy.ldm.flux.controlnet.ControlNetFlux(
         operations=comfy.ops.disable_weight_init, device="cpu", dtype=torch.float32, **tm._flux_config(True)
     )
-    tm._fill_weights(control_model, "flux_controlnet", 0)
-    return comfy.controlnet.ControlNet(control_model, load_device=torch.device("cpu"), manual_cast_dtype=None,
-                                       extra_conds=["y", "guidance"])
+    qwen_config = {k: v for k, v in tm._SPECS["qwen_image"].unet_config.items() if k != "image_model"}
+    qwen = comfy.ldm.qwen_image.controlnet.QwenImageControlNetModel(
+        operations=comfy.ops.disable_weight_init, device="cpu", dtype=torch.float32, **qwen_config
+    )
+    tm._fill_weights(flux, "flux_controlnet", 0)
+    tm._fill_weights(qwen, "qwen_controlnet", 0)
+    cpu = torch.device("cpu")
+    generator = torch.Generator().manual_seed(3)
+    return {
+        "flux": (comfy.controlnet.ControlNet(flux, load_device=cpu, manual_cast_dtype=None, extra_conds=["y", "guidance"]),
+                 torch.rand(1, 128, 128, 3, generator=generator)),
+        "qwen_image": (comfy.controlnet.ControlNet(qwen, compression_ratio=1, latent_format=None, load_device=cpu,
+                                                   manual_cast_dtype=None, extra_conds=[]),
+                       torch.rand(1, 1, 16, 16, 16, generator=generator)),
+    }
 
 
-def controlled(controlnet: Any, start: float, end: float) -> tuple[Any, Any]:
+def controlled(variant: str, controlnets: dict[str, Any], start: float, end: float) -> tuple[Any, Any]:
     """Positive and negative conditioning with the ControlNet applied by ComfyUI's own node."""
-    hint = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(3))  # 8x the 16x16 latent
+    controlnet, hint = controlnets[variant]
     return nodes.ControlNetApplyAdvanced().apply_controlnet(
-        tm.conditioning("flux", seed=1), tm.conditioning("flux", seed=2), controlnet, hint, 1.0, start, end
+        tm.conditioning(variant, seed=1), tm.conditioning(variant, seed=2), controlnet, hint, 1.0, start, end
     )
 
 
+@pytest.mark.parametrize("variant", ["flux", "qwen_image"])
 @pytest.mark.parametrize("method", METHODS)
-def test_controlnet_residuals_are_never_dropped(models, flux_controlnet, method) -> None:
-    model = models["flux"]
-    positive, negative = controlled(flux_controlnet, 0.0, 1.0)
-    expected = sample(model, "flux", positive=positive, negative=negative)
-    assert not torch.equal(expected, plain(models, "flux"))  # the ControlNet really acts
+def test_controlnet_residuals_are_never_dropped(models, controlnets, method, variant) -> None:
+    model = models[variant]
+    positive, negative = controlled(variant, controlnets, 0.0, 1.0)
+    expected = sample(model, variant, positive=positive, negative=negative)
+    assert not torch.equal(expected, plain(models, variant))  # the ControlNet really acts
     # Control on every step: every call computes, so the result is exactly the uncached one.
     patched = APPLY[method](model)
-    assert torch.equal(sample(patched, "flux", positive=positive, negative=negative), expected)
+    assert torch.equal(sample(patched, variant, positive=positive, negative=negative), expected)
     run = last_run(patched, method)
     assert run.calls == STEPS and run.calls_computed == STEPS
 
     # Control on the first half only: those steps compute, the second half may cache.
-    positive, negative = controlled(flux_controlnet, 0.0, 0.5)
-    sample(patched, "flux", positive=positive, negative=negative)
+    positive, negative = controlled(variant, controlnets, 0.0, 0.5)
+    sample(patched, variant, positive=positive, negative=negative)
     sampling = model.model.model_sampling
     sigmas = comfy.samplers.calculate_sigmas(sampling, "simple", STEPS).tolist()
     controlled_steps = {i for i in range(STEPS) if sigmas[i] >= float(sampling.percent_to_sigma(0.5))}
