@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .offload import from_cache, to_cache
+
 SCM_PRESETS = ("none", "slow", "medium", "fast", "ultra", "custom")
 SCM_POLICIES = ("dynamic", "static")
 TAYLORSEER_CACHE_TYPES = ("residual", "hidden_states")
@@ -68,6 +70,7 @@ class DBCacheConfig:
             blocks' residual (or output hidden states) by a Taylor expansion instead of reusing it.
         scm_preset / scm_compute_bins / scm_cache_bins / scm_policy: steps computation mask;
             "dynamic" lets DBCache decide on mask cache steps, "static" always caches there.
+        offload_device: where cached tensors live ("cpu" keeps them off the GPU); None = main device.
     """
 
     Fn_compute_blocks: int = 1
@@ -85,6 +88,7 @@ class DBCacheConfig:
     scm_compute_bins: tuple[int, ...] = ()
     scm_cache_bins: tuple[int, ...] = ()
     scm_policy: str = "dynamic"
+    offload_device: str | None = None
 
     def __post_init__(self) -> None:
         _check_int("Fn_compute_blocks", self.Fn_compute_blocks, 1)
@@ -325,7 +329,7 @@ class DBCacheBranch:
         if threshold >= 1.0:
             self._record(step, -1.0)
             return True
-        diff = self.diff(self._fn_residual, fn_residual)
+        diff = self.diff(from_cache(self._fn_residual, fn_residual), fn_residual)
         self._record(step, diff)
         return diff < threshold
 
@@ -340,11 +344,13 @@ class DBCacheBranch:
         middle_out / middle_residual: (image stream, encoder stream or None) after the middle
         blocks and their residual. A None stream keeps what an earlier step stored, as cache-dit.
         """
-        self._fn_residual = fn_residual
+        device = self.config.offload_device
+        self._fn_residual = to_cache(fn_residual, device)
         values = middle_residual if self.config.caches_residual else middle_out
         for i, value in enumerate(values):
             if value is None:
                 continue
+            value = to_cache(value, device)
             if not self.config.enable_taylorseer:
                 self._stored[i] = value
                 continue
@@ -362,6 +368,7 @@ class DBCacheBranch:
             seer = self._seers[i]
             cached = seer.approximate(step) if seer is not None else self._stored[i]
             if cached is not None:
+                cached = from_cache(cached, value)
                 result.append(value + cached if self.config.caches_residual else cached)
             elif i == 1:
                 result.append(value)  # an encoder stream with nothing cached passes through, as in cache-dit

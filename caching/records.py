@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,11 @@ class CallRecord:
     rel_l1: tuple[float | None, ...]  # the method's relative L1 signal per branch (None: not measured)
     computed: bool
     signal: tuple[float | None, ...] = ()  # per branch, what was compared with the threshold (TeaCache: the sum)
+
+
+def computed_after_all(records: list[CallRecord]) -> None:
+    """The last call was decided as cached, but its replay failed and it computed instead."""
+    records[-1] = replace(records[-1], computed=True)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .offload import from_cache, to_cache
 from .records import CallRecord, RunSummary
 
 
@@ -46,7 +47,7 @@ class TeaCacheConfig:
                 "start_percent and end_percent must satisfy 0 <= start_percent <= end_percent <= 1, "
                 f"got start_percent={self.start_percent}, end_percent={self.end_percent}"
             )
-        if not self.coefficients or not all(isinstance(c, float) and c == c for c in self.coefficients):
+        if not self.coefficients or not all(isinstance(c, float) and math.isfinite(c) for c in self.coefficients):
             raise ValueError(f"coefficients must be one or more finite floats, got {self.coefficients!r}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
@@ -132,14 +133,14 @@ class TeaCacheRun:
         """Keep each branch's slice of the stack residual; None forgets it (next call computes)."""
         chunks = residual.chunk(len(keys)) if residual is not None else [None] * len(keys)
         for key, chunk in zip(keys, chunks, strict=True):
-            if chunk is not None and self.config.offload_device is not None:
-                chunk = chunk.to(self.config.offload_device)
+            if chunk is not None:
+                chunk = to_cache(chunk, self.config.offload_device)
             self.branches.setdefault(key, BranchState()).residual = chunk
 
     def apply(self, keys: Sequence[Hashable], hidden: torch.Tensor) -> torch.Tensor:
         """Input of the block stack plus the cached residual of each branch."""
         residual = torch.cat([self.branches[k].residual for k in keys])
-        return hidden + residual.to(device=hidden.device, dtype=hidden.dtype)
+        return hidden + from_cache(residual, hidden).to(hidden.dtype)
 
     def summary(self) -> RunSummary:
         return RunSummary(self.total_steps, tuple(self.records))

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from ..caching.dbcache import DBCacheBranch, DBCacheConfig
-from ..caching.records import CallRecord, RunSummary
+from ..caching.records import CallRecord, RunSummary, computed_after_all
 from ..caching.schedule import StepSchedule
 from .family import BlockArgs, Family
-from .sampling_hooks import RunBlock, SamplingRun, identity, install
+from .sampling_hooks import RunBlock, SamplingRun, eager_frame, identity, install
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class CacheDiTPatch:
 
     key = "dit_cache.cachedit"
     run_key = "dit_cache.cachedit.run"
+    name = "Cache-DiT"
 
     def start_run(self, guider: Any, sigmas: torch.Tensor) -> CacheDiTSampling:
         diffusion_model = guider.model_patcher.get_model_object("diffusion_model")
@@ -79,43 +80,42 @@ class CacheDiTSampling(SamplingRun):
         self.fn_residuals: list[torch.Tensor] = []
         self.middle_input: Streams | None = None
 
+    @eager_frame
     def on_block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:
         fn = self.config.Fn_compute_blocks
         if position < fn:
             if position == 0:
-                self._begin(kind, args)
+                self.use_cache = False  # until the Fn residual says otherwise (a failure computes)
+                self.guarded(self._begin, kind, args)
             out = run_block(args)
             if position == fn - 1:
-                self._guarded(self._decide, kind, out)
+                self.guarded(self._decide, kind, out)
             return out
         if position > self.middle_end:
             return run_block(args)
         if position == fn:
             if self.use_cache:
-                replayed = self._approximate(kind, args)
+                replayed = self.guarded(self._approximate, kind, args)
                 if replayed is not None:
                     return replayed
-            self.middle_input = self._streams(kind, args, clone=True)
+                computed_after_all(self.records)  # nothing was skipped yet: the middle computes
+                self.use_cache = False
+            self.guarded(self._keep_middle_input, kind, args)
         if self.use_cache:
             return identity(args)
         out = run_block(args)
         if position == self.middle_end and not self.call.between_blocks:  # never replay control or patches
-            self._guarded(self._store, kind, out)
+            self.guarded(self._store, kind, out)
         return out
 
     def _begin(self, kind: str, args: BlockArgs) -> None:
         call = self.call
         call.img_len = args["img"].shape[1]
         call.txt_len = args["txt"].shape[1] if kind in self.family.text_stream_kinds else 0
-        self.use_cache = False
         self.stack_input = args["img"].clone()  # blocks may update their input in place
 
-    def _guarded(self, action: Any, *args: Any) -> None:
-        try:
-            action(*args)
-        except Exception as error:  # a failure in the cache must never corrupt the image
-            self.use_cache = False
-            self.fail(error)
+    def _keep_middle_input(self, kind: str, args: BlockArgs) -> None:
+        self.middle_input = self._streams(kind, args, clone=True)
 
     def _streams(self, kind: str, args: BlockArgs, clone: bool = False) -> Streams:
         img = args["img"]
@@ -136,12 +136,13 @@ class CacheDiTSampling(SamplingRun):
         self.fn_residuals = list(fn_residual.chunk(len(call.keys)))
         verdicts = [self._branch(k).can_cache(call.step, r) for k, r in zip(call.keys, self.fn_residuals, strict=True)]
         # One forward carries every branch in it: it caches only when all of them may.
-        self.use_cache = all(verdicts) and not call.between_blocks
-        if self.use_cache:
+        use_cache = all(verdicts) and not call.between_blocks
+        if use_cache:
             for key in call.keys:
                 self.branches[key].mark_cached(call.step)
         diffs = tuple(self.branches[k].residual_diffs.get(call.step) for k in call.keys)
-        self.records.append(CallRecord(call.step, call.keys, diffs, not self.use_cache))
+        self.records.append(CallRecord(call.step, call.keys, diffs, not use_cache))
+        self.use_cache = use_cache
 
     def _store(self, kind: str, out: BlockArgs) -> None:
         call = self.call
@@ -168,22 +169,17 @@ class CacheDiTSampling(SamplingRun):
     def _approximate(self, kind: str, args: BlockArgs) -> BlockArgs | None:
         """The first middle block on a cached step: the whole middle's cached output at once.
 
-        None when it cannot be replayed; the middle then computes (nothing was skipped yet).
+        On an error (through `guarded`) the middle computes instead: nothing was skipped yet.
         """
         call = self.call
         img, txt = self._streams(kind, args)
         joint = self.crosses_streams
         streams = (self.family.joint(img, txt), None) if joint else (img, txt)
         parts = len(call.keys)
-        try:
-            approximations = [
-                self.branches[key].approximate(call.step, tuple(_chunk(t, parts, i) for t in streams))
-                for i, key in enumerate(call.keys)
-            ]
-        except Exception as error:
-            self.use_cache = False
-            self.fail(error)
-            return None
+        approximations = [
+            self.branches[key].approximate(call.step, tuple(_chunk(t, parts, i) for t in streams))
+            for i, key in enumerate(call.keys)
+        ]
         new_img = torch.cat([a[0] for a in approximations]).to(img.dtype)
         new_txt = torch.cat([a[1] for a in approximations]).to(txt.dtype) if txt is not None and not joint else None
         if joint:
@@ -197,7 +193,9 @@ class CacheDiTSampling(SamplingRun):
     def finish(self) -> None:
         summary = RunSummary(self.schedule.total_steps, tuple(self.records))
         self.patch.last_run = summary
-        self.branches.clear()  # drop cached tensors
+        self.branches.clear()  # drop cached tensors, also those an interrupted call left behind
+        self.stack_input = self.middle_input = None
+        self.fn_residuals = []
         if summary.calls == 0:
             logger.warning(
                 "Cache-DiT [%s]: the model's block loop was never reached, nothing was cached", self.family.name

@@ -6,6 +6,10 @@ A method installs three things on a clone of the MODEL:
 - a DIFFUSION_MODEL wrapper that tells the run where each call sits (step, CFG branches);
 - a `patches_replace` hook per block, which lets the run compute or skip each block.
 Without a run (outside sampling, or disabled for this run) every hook passes through.
+
+Under torch.compile the hooks' own frames and every caching action run eagerly (no decision
+is traced into a graph, no guard depends on a run, a step or a CFG branch), while the blocks
+they call still compile.
 """
 
 from __future__ import annotations
@@ -20,12 +24,20 @@ import comfy.patcher_extension
 import torch
 from comfy.patcher_extension import WrappersMP
 
+from ..caching.records import RunSummary
 from ..caching.schedule import StepSchedule
 from .family import BlockArgs, CallInfo, Family
 
 logger = logging.getLogger(__name__)
 
 RunBlock = Callable[[BlockArgs], BlockArgs]
+
+# Whole-model caches of ComfyUI (EasyCache and LazyCache both keep their state under this key).
+# Skipping on top of their skipped calls would compound two approximations, so ours steps aside.
+OTHER_CACHES = {"easycache": "EasyCache / LazyCache"}
+
+eager = torch.compiler.disable  # a frame that torch.compile never traces (nor anything it calls)
+eager_frame = partial(torch.compiler.disable, recursive=False)  # skipped itself; what it calls still compiles
 
 
 class SamplingRun:
@@ -65,7 +77,23 @@ class SamplingRun:
             logger.warning("dit-cache: caching stopped for this run after an error, steps now compute: %r", error)
         self.failed = True
 
+    @eager
+    def guarded(self, action: Callable[..., Any], *args: Any) -> Any:
+        """Run one caching action (decide, store, approximate, apply) outside any compiled graph.
 
+        On an error the run stops caching (logged once) and None is returned: the caller then
+        computes, so a failure in the cache never reaches the image.
+        """
+        if self.failed:
+            return None
+        try:
+            return action(*args)
+        except Exception as error:
+            self.fail(error)
+            return None
+
+
+@eager
 def identity(args: BlockArgs) -> BlockArgs:
     """What a skipped block returns: its streams unchanged."""
     return {k: args[k] for k in ("img", "txt") if k in args}
@@ -78,25 +106,29 @@ class BlockHook:
     whenever the block computes.
     """
 
-    def __init__(self, run_key: str, position: int, last: int, kind: str, previous: Callable | None):
-        if isinstance(previous, BlockHook) and previous.run_key == run_key:
-            previous = previous.previous  # applying the same method again replaces it
+    def __init__(self, patch_key: str, run_key: str, position: int, last: int, kind: str, previous: Callable | None):
+        while isinstance(previous, BlockHook):
+            previous = previous.previous  # one of our methods per model: the one applied last
+        self.patch_key = patch_key
         self.run_key = run_key
         self.position = position
         self.last = last
         self.kind = kind
         self.previous = previous
 
+    @eager_frame
     def __call__(self, args: BlockArgs, extra: dict) -> BlockArgs:
-        def run_block(block_args: BlockArgs) -> BlockArgs:
-            if self.previous is not None:
-                return self.previous(block_args, extra)
-            return extra["original_block"](block_args)
-
+        # ComfyUI's own block function when no other pack replaced this block: what compiles then
+        # is exactly the frame that runs without us.
+        run_block = extra["original_block"] if self.previous is None else partial(_run_previous, self.previous, extra)
         run = (args.get("transformer_options") or {}).get(self.run_key)
         if run is None or run.failed or run.call is None:
             return run_block(args)
         return run.on_block(self.position, self.last, self.kind, args, run_block)
+
+
+def _run_previous(previous: Callable, extra: dict, args: BlockArgs) -> BlockArgs:
+    return previous(args, extra)
 
 
 @lru_cache(maxsize=64)
@@ -129,16 +161,18 @@ def _transformer_options(args: tuple, kwargs: dict) -> dict:
     return next((a for a in reversed(args) if isinstance(a, dict) and "sigmas" in a), {})
 
 
+def _begin_call(run: SamplingRun, executor: Any, args: tuple, kwargs: dict) -> None:
+    named = _call_arguments(executor.original, args, kwargs)  # a newer ComfyUI's signature may fail
+    timestep = named.get("timestep", named.get("timesteps"))
+    run.begin_call(named["transformer_options"], timestep, named.get("control") is not None)
+
+
+@eager_frame
 def _diffusion_model_wrapper(run_key: str, executor: Any, *args: Any, **kwargs: Any) -> Any:
     run = _transformer_options(args, kwargs).get(run_key)
     if run is None or run.failed:
         return executor(*args, **kwargs)
-    try:
-        named = _call_arguments(executor.original, args, kwargs)
-        timestep = named.get("timestep", named.get("timesteps"))
-        run.begin_call(named["transformer_options"], timestep, named.get("control") is not None)
-    except Exception as error:  # e.g. a newer ComfyUI's signature: pass through, never break sampling
-        run.fail(error)
+    run.guarded(_begin_call, run, executor, args, kwargs)
     try:
         output = executor(*args, **kwargs)
         if not run.failed:
@@ -156,7 +190,7 @@ def _outer_sample_wrapper(patch_key: str, executor: Any, *args: Any, **kwargs: A
     patch = guider.model_options.get("transformer_options", {}).get(patch_key)
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
     try:
-        run = patch.start_run(guider, sigmas) if patch is not None else None
+        run = _start_run(patch, guider, sigmas) if patch is not None else None
     except Exception as error:  # never let the cache stop a render: sample uncached
         logger.warning("dit-cache: cannot start caching for this run, sampling without it: %r", error)
         run = None
@@ -172,10 +206,54 @@ def _outer_sample_wrapper(patch_key: str, executor: Any, *args: Any, **kwargs: A
         run.finish()
 
 
+def _start_run(patch: Any, guider: Any, sigmas: torch.Tensor) -> SamplingRun | None:
+    """The method's run, or None (with one warning) where caching could not be exact about what it skips."""
+    reason = _conflict(patch, guider)
+    if reason is not None:
+        logger.warning("%s is off for this run: %s", patch.name, reason)
+        patch.last_run = RunSummary(len(sigmas) - 1, disabled=reason)
+        return None
+    return patch.start_run(guider, sigmas)
+
+
+def _conflict(patch: Any, guider: Any) -> str | None:
+    """Why this run must not cache: another whole-model cache, or a block whose hook is no longer ours."""
+    options = guider.model_options.get("transformer_options", {})
+    others = [name for key, name in OTHER_CACHES.items() if key in options]
+    if others:
+        return f"{others[0]} is also applied to this model (use one cache per model)"
+    hooks = options.get("patches_replace", {}).get("dit", {})
+    diffusion_model = guider.model_patcher.get_model_object("diffusion_model")
+    for kind, index in patch.family.block_keys(diffusion_model):
+        hook = hooks.get((kind, index))
+        if not isinstance(hook, BlockHook) or hook.patch_key != patch.key:
+            # A skipped step would still run that block, on a state it was never meant for.
+            return f"{kind} {index} was replaced by a node applied after {patch.name} (apply {patch.name} last)"
+    return None
+
+
+def _replace_earlier(patched: Any, options: dict, patch: Any) -> None:
+    """One of our methods per model: applying one removes any applied before it, with one warning.
+
+    Two methods on one model would skip on top of each other's skipped blocks.
+    """
+    hooks = options.get("patches_replace", {}).get("dit", {}).values()
+    for key in sorted({hook.patch_key for hook in hooks if isinstance(hook, BlockHook)}):
+        earlier = options.pop(key, None)
+        logger.warning(
+            "dit-cache: %s replaces the %s applied earlier to this model (one caching method per model)",
+            patch.name,
+            getattr(earlier, "name", key),
+        )
+        for wrapper_type in (WrappersMP.OUTER_SAMPLE, WrappersMP.DIFFUSION_MODEL):
+            patched.remove_wrappers_with_key(wrapper_type, key)
+
+
 def install(model: Any, patch: Any, family: Family) -> Any:
     """A clone of `model` with `patch` (a method's holder) wired into sampling."""
     patched = model.clone()
     options = patched.model_options.setdefault("transformer_options", {})
+    _replace_earlier(patched, options, patch)
     options[patch.key] = patch
     for wrapper_type, wrapper in (
         (WrappersMP.OUTER_SAMPLE, partial(_outer_sample_wrapper, patch.key)),
@@ -188,7 +266,7 @@ def install(model: Any, patch: Any, family: Family) -> Any:
     keys = family.block_keys(diffusion_model)
     existing = options.get("patches_replace", {}).get("dit", {})
     for position, (kind, index) in enumerate(keys):
-        hook = BlockHook(patch.run_key, position, len(keys) - 1, kind, existing.get((kind, index)))
+        hook = BlockHook(patch.key, patch.run_key, position, len(keys) - 1, kind, existing.get((kind, index)))
         patched.set_model_patch_replace(hook, "dit", kind, index)
     for name, factory in family.object_patches.items():
         patched.add_object_patch(f"diffusion_model.{name}", factory(diffusion_model))

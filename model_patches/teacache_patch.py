@@ -8,12 +8,12 @@ from typing import Any
 
 import torch
 
-from ..caching.records import RunSummary
+from ..caching.records import RunSummary, computed_after_all
 from ..caching.schedule import StepSchedule
 from ..caching.teacache import TeaCacheConfig, TeaCacheRun
 from ..caching.teacache_presets import TeaCachePreset
 from .family import BlockArgs, Family
-from .sampling_hooks import RunBlock, SamplingRun, identity, install
+from .sampling_hooks import RunBlock, SamplingRun, eager_frame, identity, install
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ class TeaCachePatch:
 
     key = "dit_cache.teacache"
     run_key = "dit_cache.teacache.run"
+    name = "TeaCache"
 
     def start_run(self, guider: Any, sigmas: torch.Tensor) -> TeaCacheSampling | None:
         cfg = _active_cfg(guider)
@@ -71,51 +72,55 @@ class TeaCacheSampling(SamplingRun):
         self.compute = True
         self.stack_input: torch.Tensor | None = None
 
+    @eager_frame
     def on_block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:
-        call = self.call
         if position == 0:
-            try:
-                call.txt_len = args["txt"].shape[1] if "txt" in args else 0
-                call.img_len = args["img"].shape[1]
-                self.compute = self._decide(args)
-                if not self.compute:
-                    out = identity(args)
-                    out["img"] = self.run.apply(call.keys, args["img"])
-                    return out
-                self.stack_input = args["img"].clone()  # blocks may update their input in place
-            except Exception as error:
-                self.fail(error)
+            self.compute = self.guarded(self._decide, args) is not False  # a failure computes
+            if not self.compute:
+                replayed = self.guarded(self._replay, args)
+                if replayed is not None:
+                    return replayed
+                computed_after_all(self.run.records)
                 self.compute = True
         elif not self.compute:
             return identity(args)
         out = run_block(args)
-        if position == last and not self.failed:
-            self._store(kind, out)
+        if position == last:
+            self.guarded(self._store, kind, out)
         return out
 
     def _decide(self, args: BlockArgs) -> bool:
+        """At the first block: whether this call computes the stack (else it replays the cache)."""
         call = self.call
+        call.txt_len = args["txt"].shape[1] if "txt" in args else 0
+        call.img_len = args["img"].shape[1]
         indicator = self.family.indicator(self.diffusion_model, args, call, self.patch.preset.indicator)
         chunks = indicator.chunk(len(call.keys))
-        return self.run.decide(call.keys, chunks, call.step, call.in_window and not call.between_blocks)
+        compute = self.run.decide(call.keys, chunks, call.step, call.in_window and not call.between_blocks)
+        if compute:
+            self.stack_input = args["img"].clone()  # blocks may update their input in place
+        return compute
+
+    def _replay(self, args: BlockArgs) -> BlockArgs:
+        """The whole stack's output on a skipped call: its input plus the cached residual."""
+        out = identity(args)
+        out["img"] = self.run.apply(self.call.keys, args["img"])
+        return out
 
     def _store(self, kind: str, out: BlockArgs) -> None:
         call = self.call
-        try:
-            if call.between_blocks:  # what acts between blocks is not the model's own: never replay it
-                residual = None
-            else:
-                residual = self.family.image_tokens(kind, out["img"], call) - self.stack_input
-            self.run.store(call.keys, residual)
-        except Exception as error:
-            self.run.store(call.keys, None)
-            self.fail(error)
+        if call.between_blocks:  # what acts between blocks is not the model's own: never replay it
+            residual = None
+        else:
+            residual = self.family.image_tokens(kind, out["img"], call) - self.stack_input
         self.stack_input = None
+        self.run.store(call.keys, residual)
 
     def finish(self) -> None:
         summary = self.run.summary()
         self.patch.last_run = summary
         self.run = TeaCacheRun(self.patch.config, self.schedule.total_steps)  # drop cached tensors
+        self.stack_input = None
         if summary.calls == 0:
             logger.warning(
                 "TeaCache [%s]: the model's block loop was never reached, so nothing was cached "

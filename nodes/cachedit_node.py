@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..caching.dbcache import DBCacheConfig
+from ..caching.offload import CACHE_DEVICES, offload_device
 from ..model_patches.registry import SUPPORTED, detect_or_warn
 from .presets import TARGET_SPEEDUP_TOOLTIP, cachedit_target_threshold, check_target, load_user_preset, user_choices
 
@@ -30,6 +31,7 @@ _DEFAULTS: dict[str, Any] = {
     "scm_compute_bins": "",
     "scm_cache_bins": "",
     "max_accumulated_residual_diff_threshold": 0.0,
+    "cache_device": CACHE_DEVICES[0],
 }
 
 
@@ -43,6 +45,7 @@ def _bins(name: str, text: str) -> tuple[int, ...]:
 def build_config(**inputs: Any) -> DBCacheConfig:
     """The node's inputs as a validated config (ValueError names the input); None = linked, use default."""
     values = {name: _DEFAULTS[name] if inputs.get(name) is None else inputs[name] for name in _DEFAULTS}
+    _check_ranges(values)
     accumulated = float(values["max_accumulated_residual_diff_threshold"])
     custom = values["scm_preset"] == "custom"  # bins left in the widgets count only for custom
     return DBCacheConfig(
@@ -61,7 +64,21 @@ def build_config(**inputs: Any) -> DBCacheConfig:
         scm_compute_bins=_bins("scm_compute_bins", values["scm_compute_bins"]) if custom else (),
         scm_cache_bins=_bins("scm_cache_bins", values["scm_cache_bins"]) if custom else (),
         scm_policy=str(values["scm_policy"]),
+        offload_device=offload_device(values["cache_device"]),
     )
+
+
+def _check_ranges(values: dict[str, Any]) -> None:
+    """The widgets' min/max, NaN rejected: ComfyUI skips its own range checks for a node whose
+    VALIDATE_INPUTS takes **kwargs, and a linked value is only known at run time."""
+    spec = ApplyCacheDiT.INPUT_TYPES()
+    for name, (_, options) in {**spec["required"], **spec["optional"]}.items():
+        if "min" not in options or values.get(name) is None:
+            continue
+        value = values[name]
+        low, high = options["min"], options["max"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ValueError(f"{name} must be a number between {low} and {high}, got {value!r}")
 
 
 def _int(default: int, low: int, high: int, tooltip: str) -> tuple[str, dict[str, Any]]:
@@ -193,6 +210,14 @@ class ApplyCacheDiT:
                         "default": "none",
                         "tooltip": "The calibrated preset (Calibrate TeaCache on this model) whose runs "
                         "target_speedup replays.",
+                    },
+                ),
+                "cache_device": (
+                    list(CACHE_DEVICES),
+                    {
+                        "default": CACHE_DEVICES[0],
+                        "tooltip": "Where cached residuals are kept: the model's device (fastest) or CPU "
+                        "(saves GPU memory, costs copies every step).",
                     },
                 ),
             },

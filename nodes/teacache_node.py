@@ -6,6 +6,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from ..caching.offload import CACHE_DEVICES, offload_device
 from ..caching.teacache import TeaCacheConfig
 from ..caching.teacache_presets import MODEL_TYPES, PRESETS, TeaCachePreset, parse_coefficients
 from ..model_patches.registry import SUPPORTED, detect_or_warn
@@ -18,8 +19,6 @@ from .presets import (
 )
 
 logger = logging.getLogger(__name__)
-
-CACHE_DEVICES = ("main_device", "cpu")
 
 
 def _preset_list() -> str:
@@ -57,8 +56,6 @@ def build_config(
     coefficients: str,
 ) -> TeaCacheConfig:
     """The node's inputs as a validated config; ValueError names the offending input."""
-    if cache_device not in CACHE_DEVICES:
-        raise ValueError(f"cache_device must be one of {', '.join(CACHE_DEVICES)}, got {cache_device!r}")
     return TeaCacheConfig(
         rel_l1_thresh=float(rel_l1_thresh),
         coefficients=parse_coefficients(coefficients or "") or preset.coefficients,
@@ -66,7 +63,7 @@ def build_config(
         end_percent=float(end_percent),
         warmup_steps=preset.warmup_steps,
         force_last_step=preset.force_last_step,
-        offload_device="cpu" if cache_device == "cpu" else None,
+        offload_device=offload_device(cache_device),
     )
 
 

@@ -572,6 +572,7 @@ def test_imports_without_cache_dit_and_says_how_to_install(monkeypatch: pytest.M
     path = Path(__file__).resolve().parent.parent / "caching" / "dbcache.py"
     spec = importlib.util.spec_from_file_location("dbcache_without_cache_dit", path)
     module = importlib.util.module_from_spec(spec)
+    module.__package__ = "dit_cache.caching"  # its relative imports (caching.offload) resolve in the pack
     monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
     spec.loader.exec_module(module)
     config = module.DBCacheConfig(scm_preset="medium")

@@ -1,0 +1,78 @@
+"""ComfyUI's TorchCompileModel after our nodes: same images, no decision traced, bounded recompiles.
+
+On this CPU-only suite the node's "cudagraphs" backend is used: without a GPU it skips the CUDA
+graphs and runs the graphs Dynamo captured through AOTAutograd, which exercises exactly what
+matters here (what Dynamo traces, guards and recompiles) without a C++ compiler per graph
+("inductor" takes minutes on two cores). The bound on graphs is what ComfyUI's own compiled
+model needs without us.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import comfy.sample
+import tiny_models as tm
+import torch
+import torch._dynamo
+import torch._dynamo.utils
+from comfy_extras.nodes_torch_compile import TorchCompileModel
+from dit_cache.caching.dbcache import DBCacheBranch
+from dit_cache.caching.teacache import TeaCacheRun
+from dit_cache.nodes.cachedit_node import ApplyCacheDiT
+from dit_cache.nodes.teacache_node import ApplyTeaCache
+
+STEPS = 20
+
+
+def sample(model: Any) -> torch.Tensor:
+    latent = tm.latent("flux")["samples"]
+    noise = comfy.sample.prepare_noise(latent, 0)
+    return comfy.sample.sample(model, noise, STEPS, 1.0, "euler", "simple", tm.conditioning("flux", seed=1),
+                               tm.conditioning("flux", seed=2), latent, seed=0, disable_pbar=True)
+
+
+def compiled(model: Any) -> Any:
+    return TorchCompileModel.execute(model, "cudagraphs")[0]
+
+
+def graphs() -> int:
+    """Distinct graphs Dynamo has compiled so far: one more per recompilation."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def test_compiled_model_matches_and_recompiles_no_more_than_comfyuis_own(monkeypatch) -> None:
+    model = tm.load_model("flux")
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    sample(compiled(model))
+    comfyui_alone = graphs()
+
+    traced: list[bool] = []
+
+    def spy_on(original: Any) -> Any:
+        def spy(self: Any, *args: Any) -> Any:
+            traced.append(torch.compiler.is_compiling())
+            return original(self, *args)
+        return spy
+
+    for owner, name in ((TeaCacheRun, "decide"), (DBCacheBranch, "can_cache")):
+        monkeypatch.setattr(owner, name, spy_on(getattr(owner, name)))
+
+    patched = {
+        "teacache": ApplyTeaCache().apply(model, "auto", 1.0, 0.0, 1.0, "main_device", "1, 0")[0],
+        "cachedit": ApplyCacheDiT().apply(model, residual_diff_threshold=1.0, max_warmup_steps=2)[0],
+    }
+    for name, method in patched.items():
+        key = f"dit_cache.{name}"
+        expected = sample(method)
+        decisions = [r.computed for r in method.model_options["transformer_options"][key].last_run.records]
+        assert False in decisions
+        for _ in range(2):  # a second run must not recompile: no guard depends on a run's state
+            frames = torch._dynamo.utils.counters["frames"]["total"]
+            result = sample(compiled(method))
+            assert torch._dynamo.utils.counters["frames"]["total"] > frames  # Dynamo really ran the model
+            torch.testing.assert_close(result, expected, rtol=1e-4, atol=1e-4)
+            records = method.model_options["transformer_options"][key].last_run.records
+            assert [r.computed for r in records] == decisions
+    assert traced and not any(traced)  # every decision ran eagerly, none was traced into a graph
+    assert graphs() <= comfyui_alone, f"{graphs()} graphs with the caches, {comfyui_alone} without"
