@@ -36,7 +36,7 @@ class CacheDiTPatch:
 
     key = "dit_cache.cachedit"
     run_key = "dit_cache.cachedit.run"
-    name = "Cache-DiT"
+    method = "Cache-DiT"
 
     def start_run(self, guider: Any, sigmas: torch.Tensor) -> CacheDiTSampling:
         diffusion_model = guider.model_patcher.get_model_object("diffusion_model")

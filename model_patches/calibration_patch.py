@@ -41,6 +41,7 @@ class CalibrationPatch:
     last_preset: UserPreset | None = field(default=None, compare=False)
     last_error: str | None = field(default=None, compare=False)
 
+    method = "Calibrate TeaCache"
     key = "dit_cache.calibration"
     run_key = "dit_cache.calibration.run"
 

@@ -210,7 +210,7 @@ def _start_run(patch: Any, guider: Any, sigmas: torch.Tensor) -> SamplingRun | N
     """The method's run, or None (with one warning) where caching could not be exact about what it skips."""
     reason = _conflict(patch, guider)
     if reason is not None:
-        logger.warning("%s is off for this run: %s", patch.name, reason)
+        logger.warning("%s is off for this run: %s", patch.method, reason)
         patch.last_run = RunSummary(len(sigmas) - 1, disabled=reason)
         return None
     return patch.start_run(guider, sigmas)
@@ -228,7 +228,7 @@ def _conflict(patch: Any, guider: Any) -> str | None:
         hook = hooks.get((kind, index))
         if not isinstance(hook, BlockHook) or hook.patch_key != patch.key:
             # A skipped step would still run that block, on a state it was never meant for.
-            return f"{kind} {index} was replaced by a node applied after {patch.name} (apply {patch.name} last)"
+            return f"{kind} {index} was replaced by a node applied after {patch.method} (apply {patch.method} last)"
     return None
 
 
@@ -242,8 +242,8 @@ def _replace_earlier(patched: Any, options: dict, patch: Any) -> None:
         earlier = options.pop(key, None)
         logger.warning(
             "dit-cache: %s replaces the %s applied earlier to this model (one caching method per model)",
-            patch.name,
-            getattr(earlier, "name", key),
+            patch.method,
+            getattr(earlier, "method", key),
         )
         for wrapper_type in (WrappersMP.OUTER_SAMPLE, WrappersMP.DIFFUSION_MODEL):
             patched.remove_wrappers_with_key(wrapper_type, key)

@@ -29,7 +29,7 @@ class TeaCachePatch:
 
     key = "dit_cache.teacache"
     run_key = "dit_cache.teacache.run"
-    name = "TeaCache"
+    method = "TeaCache"
 
     def start_run(self, guider: Any, sigmas: torch.Tensor) -> TeaCacheSampling | None:
         cfg = _active_cfg(guider)
