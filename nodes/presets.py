@@ -38,11 +38,15 @@ def user_choices() -> list[str]:
 
 
 def load_user_preset(choice: str, input_name: str) -> UserPreset:
-    """The calibrated preset behind 'user:<name>'; PresetFileError names the input and the file."""
+    """The calibrated preset behind 'user:<name>'; the error names the input (and the file, if it is one)."""
+    if not isinstance(choice, str) or not choice.startswith(PREFIX):
+        raise ValueError(f"{input_name} must be a calibrated preset '{PREFIX}<name>', got {choice!r}")
     try:
         return load(path_for(presets_directory(), choice.removeprefix(PREFIX)))
     except PresetFileError as error:
         raise PresetFileError(f"{input_name} {choice!r}: {error}") from None
+    except ValueError as error:  # not a valid preset name
+        raise ValueError(f"{input_name} {choice!r}: {error}") from None
 
 
 def resolve_teacache_preset(model_type: str) -> tuple[TeaCachePreset, UserPreset | None]:

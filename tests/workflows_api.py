@@ -54,6 +54,7 @@ class TeaCache:
     end_percent: Any = 1.0
     cache_device: Any = "main_device"
     coefficients: Any = ""
+    target_speedup: Any = 0.0
     label: ClassVar[str] = "teacache"
 
     def node(self, model: Link) -> dict[str, Any]:
