@@ -69,12 +69,12 @@ TIMING_SPECS = {
     "flux": fx.FixtureSpec(
         fx.SPECS["flux"].config,
         fx.SPECS["flux"].unet_config | {"depth": 8, "depth_single_blocks": 16},
-        side=32, frames=None,
+        side=48, frames=None,
     ),
     "wan": fx.FixtureSpec(
         fx.SPECS["wan"].config,
         fx.SPECS["wan"].unet_config | {"num_layers": 16},
-        side=16, frames=4,
+        side=24, frames=4,
     ),
 }
 TIMING_STEPS = 20
@@ -165,6 +165,8 @@ class TimingRow:
     speedup: float  # uncached median / this median
     bound: float  # 1 / block_fraction
     efficiency: float  # speedup / bound
+    cpu_s: float  # median process CPU time: with one torch thread, barely touched by other jobs on the machine
+    cpu_speedup: float
 
 
 def block_share(model: Any, fixture: str, spec: fx.FixtureSpec) -> float:
@@ -202,28 +204,43 @@ def run_timing(fixture: str, repeats: int) -> tuple[list[TimingRow], float]:
             sample(p, fixture, latent, 0, 0, TIMING_STEPS, 1.0)
         fractions.append(counter[0])
     fractions = [n / fractions[0] for n in fractions]
-    walls: list[list[float]] = [[] for _ in methods]
-    for repeat in range(repeats):  # interleaved, so drifting machine load hits every method alike
-        for i, p in enumerate(patched):
-            start = time.perf_counter()
-            sample(p, fixture, latent, 0, 0, TIMING_STEPS, 1.0)
-            walls[i].append(time.perf_counter() - start)
-        logger.info("%s timing repeat %d/%d done", fixture, repeat + 1, repeats)
-    medians = [statistics.median(w) for w in walls]
+
+    def timed(p: Any) -> tuple[float, float]:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        sample(p, fixture, latent, 0, 0, TIMING_STEPS, 1.0)
+        return time.perf_counter() - start, time.process_time() - start_cpu
+
+    # Each method runs in pairs with uncached, in alternating order, so that drifting machine load and any
+    # cost of switching between MODEL clones fall on both sides alike; ratios are medians over the pairs.
     rows = []
-    for method, fraction, wall in zip(methods, fractions, medians):
-        speedup = medians[0] / wall
-        rows.append(TimingRow(method.curve, method.setting, fraction, wall, speedup, 1 / fraction, speedup * fraction))
+    for method, p, fraction in zip(methods, patched, fractions):
+        pairs = []
+        for repeat in range(repeats):
+            order = (model, p) if repeat % 2 == 0 else (p, model)
+            times = dict(zip((id(order[0]), id(order[1])), (timed(order[0]), timed(order[1]))))
+            pairs.append((times[id(model)], times[id(p)]))
+        wall = statistics.median(t[1][0] for t in pairs)
+        cpu = statistics.median(t[1][1] for t in pairs)
+        speedup = statistics.median(ref[0] / mine[0] for ref, mine in pairs)
+        cpu_speedup = statistics.median(ref[1] / mine[1] for ref, mine in pairs)
+        rows.append(TimingRow(method.curve, method.setting, fraction, wall, speedup, 1 / fraction, speedup * fraction,
+                              cpu, cpu_speedup))
+        logger.info("%s timing %s: %.3fx wall, %.3fx CPU", fixture, method.label, speedup, cpu_speedup)
     return rows, block_share(model, fixture, spec)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="thin sweeps, 2 samples, 2 repeats (a few minutes)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per method (default 3, quick 2)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed pairs (uncached, method) per method (default 3, quick 2)")
     parser.add_argument("--out", type=Path, default=DOCS, help="where benchmarks.md and the plots go")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from --out's benchmarks.json")
     args = parser.parse_args()
+    if args.report_only:
+        results = json.loads((args.out / "benchmarks.json").read_text())
+        print(report.write(results, args.out, FIDELITY, TIMING_SPECS, TIMING_STEPS))
+        return
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", force=True)
     logger.setLevel(logging.INFO)
     comfy.utils.PROGRESS_BAR_ENABLED = False
