@@ -205,6 +205,18 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def calibration_section(report: Path) -> list[str]:
+    """The fit quality lines of `bench/calibration.py`'s report (docs/calibration.md), with a link to it."""
+    if not report.exists():
+        return ["## TeaCache calibration", "", "Not measured yet: run `bench/calibration.py`.", ""]
+    lines = report.read_text().splitlines()
+    kept = [line for line in lines if line.startswith(("### ", "- R²"))]
+    return ["## TeaCache calibration", "",
+            (f"How well coefficients fitted by the Calibrate TeaCache node predict the output change, from "
+             f"[{report.name}]({report.name}) (`bench/calibration.py`; the fidelity at a target speedup with "
+             "fitted vs borrowed coefficients is there too):"), "", *kept, ""]
+
+
 def write(results: dict[str, Any], out: Path, fidelity: tuple, timing_specs: dict, timing_steps: int) -> str:
     """Writes out/benchmarks.md and the plots; returns the summary printed on the console."""
     info = results["machine"]
@@ -245,6 +257,7 @@ def write(results: dict[str, Any], out: Path, fidelity: tuple, timing_specs: dic
                f"{100 * data['block_share']:.1f} % of an uncached run's wall time, so even a free skip can reach at "
                f"most 1 / (1 - {data['block_share']:.3f} + {data['block_share']:.3f} x blocks)."), "", table, ""]
         summary += [f"== timing: {fixture} (blocks {100 * data['block_share']:.1f} % of wall) ==", table, ""]
+    md += calibration_section(out / "calibration.md")
     gpu = out / "gpu.md"
     md += ["## On a GPU", "", gpu.read_text() if gpu.exists() else GPU_NOT_RUN]
     (out / "benchmarks.md").write_text("\n".join(md) + "\n")

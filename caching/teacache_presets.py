@@ -6,6 +6,7 @@ published them; a preset marked `borrowed` reuses another model's fit and says s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -105,7 +106,7 @@ def parse_coefficients(text: str) -> tuple[float, ...] | None:
         values = tuple(float(part) for part in text.replace(";", ",").split(",") if part.strip())
     except ValueError:
         values = ()
-    if not values or any(v != v or v in (float("inf"), float("-inf")) for v in values):
+    if not values or not all(math.isfinite(v) for v in values):
         raise ValueError(
             f"coefficients: cannot parse {text!r}; give comma-separated finite numbers, highest power "
             "first, e.g. '498.65, -283.78, 55.86, -3.82, 0.264', or leave it empty to use the preset"

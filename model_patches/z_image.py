@@ -67,7 +67,7 @@ def _mirrored_forward(
     **kwargs: Any,
 ) -> torch.Tensor:
     """NextDiT._forward of ComfyUI 0.3.75, with a replaceable layer loop."""
-    bs, c, h, w = x.shape
+    h, w = x.shape[-2:]
     x = comfy.ldm.common_dit.pad_to_patch_size(x, (dm.patch_size, dm.patch_size))
     t = dm.t_embedder((1.0 - timesteps) * dm.time_scale, dtype=x.dtype)
     cap_feats = dm.cap_embedder(context)

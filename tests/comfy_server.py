@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Self
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class ComfyServer:
     def log_path(self) -> Path:
         return self.base_dir / "server.log"
 
-    def __enter__(self) -> ComfyServer:
+    def __enter__(self) -> Self:
         try:
             self.start()
         except BaseException:

@@ -13,7 +13,7 @@ if not (COMFYUI_PATH / "comfy").is_dir():
     raise RuntimeError(f"no ComfyUI at {COMFYUI_PATH}: run `make test`, or set COMFYUI_PATH to a ComfyUI checkout")
 sys.path.insert(0, str(COMFYUI_PATH))
 
-import comfy.cli_args  # noqa: E402
+import comfy.cli_args
 
 comfy.cli_args.args.cpu = True
 logging.getLogger().setLevel(logging.INFO)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -78,7 +78,7 @@ class ModelProbe:
         self.calls: list[CallTrace] = []
         self._handles: list[Any] = []
 
-    def __enter__(self) -> "ModelProbe":
+    def __enter__(self) -> Self:
         def new_call(module: Any, args: Any) -> None:
             self.calls.append(CallTrace())
 
@@ -93,7 +93,7 @@ class ModelProbe:
         return self
 
     def _pre(self, path: str, record: Callable) -> None:
-        hook = lambda module, args, kwargs: record(args, kwargs)  # noqa: E731
+        hook = lambda module, args, kwargs: record(args, kwargs)
         self._handles.append(_module(self.dm, path).register_forward_pre_hook(hook, with_kwargs=True))
 
     def _post(self, path: str, record: Callable) -> None:

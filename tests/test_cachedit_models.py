@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import comfy.sample
 import pytest
-import torch
-
 import tiny_models as tm
-
+import torch
 from dit_cache.nodes.cachedit_node import ApplyCacheDiT
 
 STEPS = 10
@@ -62,7 +60,7 @@ class BlockCounter:
         self.calls: list[list[int]] = []
         self.handles: list[Any] = []
 
-    def __enter__(self) -> "BlockCounter":
+    def __enter__(self) -> Self:
         self.handles.append(self.dm.register_forward_pre_hook(lambda m, a: self.calls.append([])))
         for index, block in enumerate(self.blocks):
             self.handles.append(block.register_forward_pre_hook(lambda m, a, i=index: self.calls[-1].append(i)))

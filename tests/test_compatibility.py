@@ -9,7 +9,7 @@ import logging
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import comfy.controlnet
 import comfy.ldm.flux.controlnet
@@ -441,7 +441,7 @@ class StoredTensors:
                 self.refs.append(weakref.ref(tensor))
                 self.devices.add(tensor.device)
 
-    def __enter__(self) -> StoredTensors:
+    def __enter__(self) -> Self:
         teacache_store, branch_store = TeaCacheRun.store, DBCacheBranch.store
 
         def store_teacache(run: TeaCacheRun, keys: Any, residual: Any) -> None:

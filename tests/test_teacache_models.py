@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from typing import Any
 
@@ -69,7 +70,7 @@ def test_zero_threshold_is_bit_identical_and_measures_the_first_blocks_modulated
     assert all(r.computed for r in run.records) and run.steps_computed == STEPS
     # What TeaCache measured is the relative L1 of what block 0 really modulated.
     modulated = [call.modulated[0] for call in probe.calls]
-    independent = [relative_l1(a, b) for a, b in zip(modulated, modulated[1:])]
+    independent = [relative_l1(a, b) for a, b in itertools.pairwise(modulated)]
     assert [r.rel_l1[0] for r in run.records[1:]] == pytest.approx(independent, rel=1e-4)
 
 
@@ -312,7 +313,7 @@ def test_wan_ret_mode_measures_e0_warms_up_five_steps_and_does_not_force_the_las
         sample(patched, "wan21_t2v")
     finally:
         handle.remove()
-    independent = [relative_l1(a, b) for a, b in zip(captured, captured[1:])]
+    independent = [relative_l1(a, b) for a, b in itertools.pairwise(captured)]
     assert [r.rel_l1[0] for r in last_run(patched).records[1:]] == pytest.approx(independent, rel=1e-4)
 
     thresh = 10.0

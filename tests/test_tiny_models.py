@@ -18,19 +18,19 @@ COMFYUI_PATH = os.environ.get(
 )
 sys.path.insert(0, COMFYUI_PATH)
 
-import comfy.cli_args  # noqa: E402
+import comfy.cli_args
 
 comfy.cli_args.args.cpu = True
 
-import comfy.model_detection  # noqa: E402
-import comfy.model_patcher  # noqa: E402
-import comfy.patcher_extension  # noqa: E402
-import comfy.sample  # noqa: E402
-import pytest  # noqa: E402
-import safetensors.torch  # noqa: E402
-import tiny_models  # noqa: E402
-import torch  # noqa: E402
-from tiny_models import EXTRA_VARIANTS, SPLIT_LENGTHS, VARIANTS  # noqa: E402
+import comfy.model_detection
+import comfy.model_patcher
+import comfy.patcher_extension
+import comfy.sample
+import pytest
+import safetensors.torch
+import tiny_models
+import torch
+from tiny_models import EXTRA_VARIANTS, SPLIT_LENGTHS, VARIANTS
 
 ALL_VARIANTS = VARIANTS + EXTRA_VARIANTS
 

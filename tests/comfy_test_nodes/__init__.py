@@ -15,7 +15,7 @@ _TESTS = str(Path(__file__).resolve().parent.parent)
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)  # tiny_models lives in tests/
 
-import tiny_models  # noqa: E402
+import tiny_models
 
 CATEGORY = "DiT Cache/testing"
 _VARIANTS = list(tiny_models.VARIANTS + tiny_models.EXTRA_VARIANTS)
