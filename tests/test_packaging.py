@@ -107,7 +107,7 @@ def installed() -> ComfyServer:
 def test_the_copied_pack_loads_both_nodes_in_a_fresh_comfyui(installed: ComfyServer) -> None:
     pack = installed.base_dir / "custom_nodes" / PACK_DIR_NAME
     assert not pack.is_symlink() and (pack / "__init__.py").is_file() and (pack / "workflows").is_dir()
-    assert not (pack / "tests").exists() and not (pack / "tools").exists()  # left out by .comfyignore
+    assert not any((pack / name).exists() for name in ("tests", "tools", "bench"))  # left out by .comfyignore
     info = installed.all_object_info()
     ours = {name for name in info if name.startswith("DiTCache_")}
     assert ours == set(dit_cache.NODE_CLASS_MAPPINGS)
@@ -123,4 +123,4 @@ def test_the_copied_pack_loads_both_nodes_in_a_fresh_comfyui(installed: ComfySer
 
 def test_comfyignore_leaves_out_only_development_files() -> None:
     ignored = {line.strip().strip("/") for line in (ROOT / ".comfyignore").read_text().splitlines() if line.strip()}
-    assert {"tests", "tools"} <= ignored and not ignored & {"workflows", "docs", "nodes", "caching", "model_patches"}
+    assert {"tests", "tools", "bench"} <= ignored and not ignored & {"workflows", "docs", "nodes", "caching", "model_patches"}
