@@ -17,9 +17,13 @@ class CallRecord:
     signal: tuple[float | None, ...] = ()  # per branch, what was compared with the threshold (TeaCache: the sum)
 
 
-def computed_after_all(records: list[CallRecord]) -> None:
-    """The last call was decided as cached, but its replay failed and it computed instead."""
-    records[-1] = replace(records[-1], computed=True)
+def computed_after_all(records: list[CallRecord], branches: tuple[Hashable, ...]) -> None:
+    """The last call of these branches was decided as cached, but its replay failed and it computed instead.
+
+    Found by its branches, not as the last record: parallel branch calls (multi-GPU) interleave.
+    """
+    index = max(i for i, record in enumerate(records) if record.branches == branches)
+    records[index] = replace(records[index], computed=True)
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,7 @@ class RunSummary:
 
     total_steps: int
     records: tuple[CallRecord, ...] = ()
-    disabled: str | None = None  # why the method was off for this run
+    disabled: str | None = None  # why the method was off for this run (or from some call on)
 
     @property
     def calls(self) -> int:

@@ -75,18 +75,14 @@ class CacheDiTSampling(SamplingRun):
         )
         self.branches: dict[Hashable, DBCacheBranch] = {}
         self.records: list[CallRecord] = []
-        self.use_cache = False
-        self.stack_input: torch.Tensor | None = None
-        self.fn_residuals: list[torch.Tensor] = []
-        self.middle_input: Streams | None = None
 
     @eager_frame
     def on_block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:
+        call = self.call
         fn = self.config.Fn_compute_blocks
         if position < fn:
-            if position == 0:
-                self.use_cache = False  # until the Fn residual says otherwise (a failure computes)
-                self.guarded(self._begin, kind, args)
+            if position == 0:  # the middle computes until the Fn residual says otherwise (a failure computes)
+                self.guarded(self._begin, args)
             out = run_block(args)
             if position == fn - 1:
                 self.guarded(self._decide, kind, out)
@@ -94,28 +90,25 @@ class CacheDiTSampling(SamplingRun):
         if position > self.middle_end:
             return run_block(args)
         if position == fn:
-            if self.use_cache:
+            if call.reuse:
                 replayed = self.guarded(self._approximate, kind, args)
                 if replayed is not None:
                     return replayed
-                computed_after_all(self.records)  # nothing was skipped yet: the middle computes
-                self.use_cache = False
+                computed_after_all(self.records, call.keys)  # nothing was skipped yet: the middle computes
+                call.reuse = False
             self.guarded(self._keep_middle_input, kind, args)
-        if self.use_cache:
+        if call.reuse:
             return identity(args)
         out = run_block(args)
-        if position == self.middle_end and not self.call.between_blocks:  # never replay control or patches
+        if position == self.middle_end and not call.between_blocks:  # never replay control or patches
             self.guarded(self._store, kind, out)
         return out
 
-    def _begin(self, kind: str, args: BlockArgs) -> None:
-        call = self.call
-        call.img_len = args["img"].shape[1]
-        call.txt_len = args["txt"].shape[1] if kind in self.family.text_stream_kinds else 0
-        self.stack_input = args["img"].clone()  # blocks may update their input in place
+    def _begin(self, args: BlockArgs) -> None:
+        self.call.stack_input = args["img"].clone()  # blocks may update their input in place
 
     def _keep_middle_input(self, kind: str, args: BlockArgs) -> None:
-        self.middle_input = self._streams(kind, args, clone=True)
+        self.call.middle_input = self._streams(kind, args, clone=True)
 
     def _streams(self, kind: str, args: BlockArgs, clone: bool = False) -> Streams:
         img = args["img"]
@@ -131,10 +124,10 @@ class CacheDiTSampling(SamplingRun):
 
     def _decide(self, kind: str, out: BlockArgs) -> None:
         call = self.call
-        fn_residual = self.family.image_tokens(kind, out["img"], call) - self.stack_input
-        self.stack_input = None
-        self.fn_residuals = list(fn_residual.chunk(len(call.keys)))
-        verdicts = [self._branch(k).can_cache(call.step, r) for k, r in zip(call.keys, self.fn_residuals, strict=True)]
+        fn_residual = self.image_tokens(kind, out["img"]) - call.stack_input
+        call.stack_input = None
+        call.fn_residuals = list(fn_residual.chunk(len(call.keys)))
+        verdicts = [self._branch(k).can_cache(call.step, r) for k, r in zip(call.keys, call.fn_residuals, strict=True)]
         # One forward carries every branch in it: it caches only when all of them may.
         use_cache = all(verdicts) and not call.between_blocks
         if use_cache:
@@ -142,14 +135,14 @@ class CacheDiTSampling(SamplingRun):
                 self.branches[key].mark_cached(call.step)
         diffs = tuple(self.branches[k].residual_diffs.get(call.step) for k in call.keys)
         self.records.append(CallRecord(call.step, call.keys, diffs, not use_cache))
-        self.use_cache = use_cache
+        call.reuse = use_cache
 
     def _store(self, kind: str, out: BlockArgs) -> None:
         call = self.call
-        in_img, in_txt = self.middle_input
+        in_img, in_txt = call.middle_input
         out_img, out_txt = self._streams(kind, out)
         if self.crosses_streams:  # the middle ran from two streams into the joint one
-            in_img, in_txt = self.family.joint(in_img, in_txt), None
+            in_img, in_txt = self.joint(in_img, in_txt), None
         residual_img = out_img - in_img
         residual_txt = out_txt - in_txt if out_txt is not None else None
         if not self.config.caches_residual:  # kept as is: a later block may update it in place
@@ -159,12 +152,12 @@ class CacheDiTSampling(SamplingRun):
         for i, key in enumerate(call.keys):
             self.branches[key].store(
                 call.step,
-                self.fn_residuals[i],
+                call.fn_residuals[i],
                 (_chunk(out_img, parts, i), _chunk(out_txt, parts, i)),
                 (_chunk(residual_img, parts, i), _chunk(residual_txt, parts, i)),
             )
-        self.middle_input = None
-        self.fn_residuals = []
+        call.middle_input = None
+        call.fn_residuals = []
 
     def _approximate(self, kind: str, args: BlockArgs) -> BlockArgs | None:
         """The first middle block on a cached step: the whole middle's cached output at once.
@@ -174,7 +167,7 @@ class CacheDiTSampling(SamplingRun):
         call = self.call
         img, txt = self._streams(kind, args)
         joint = self.crosses_streams
-        streams = (self.family.joint(img, txt), None) if joint else (img, txt)
+        streams = (self.joint(img, txt), None) if joint else (img, txt)
         parts = len(call.keys)
         approximations = [
             self.branches[key].approximate(call.step, tuple(_chunk(t, parts, i) for t in streams))
@@ -183,7 +176,7 @@ class CacheDiTSampling(SamplingRun):
         new_img = torch.cat([a[0] for a in approximations]).to(img.dtype)
         new_txt = torch.cat([a[1] for a in approximations]).to(txt.dtype) if txt is not None and not joint else None
         if joint:
-            new_img, new_txt = self.family.split(new_img, call)
+            new_img, new_txt = self.split(new_img)
         out = identity(args)
         out["img"] = new_img
         if new_txt is not None:
@@ -191,11 +184,9 @@ class CacheDiTSampling(SamplingRun):
         return out
 
     def finish(self) -> None:
-        summary = RunSummary(self.schedule.total_steps, tuple(self.records))
+        summary = RunSummary(self.schedule.total_steps, tuple(self.records), disabled=self.failure)
         self.patch.last_run = summary
-        self.branches.clear()  # drop cached tensors, also those an interrupted call left behind
-        self.stack_input = self.middle_input = None
-        self.fn_residuals = []
+        self.branches.clear()  # drop cached tensors
         if summary.calls == 0:
             logger.warning(
                 "Cache-DiT [%s]: the model's block loop was never reached, nothing was cached", self.family.name

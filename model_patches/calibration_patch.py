@@ -78,43 +78,35 @@ class CalibrationSampling(SamplingRun):
     def __init__(self, patch: CalibrationPatch, diffusion_model: torch.nn.Module, schedule: StepSchedule):
         super().__init__(patch.family, diffusion_model, schedule)
         self.patch = patch
-        self.sigma = 0.0
-        self.observed: tuple[torch.Tensor, torch.Tensor] | None = None  # this call's (indicator, Fn residual)
         self.branch_ids: dict[Hashable, int] = {}
         self.previous: dict[Hashable, tuple[torch.Tensor, torch.Tensor]] = {}  # last (indicator, output)
         self.fn_history: dict[Hashable, deque[torch.Tensor]] = {}
         self.calls: list[CalibrationCall] = []
-
-    def begin_call(self, transformer_options: dict, timestep: torch.Tensor | None, has_control: bool) -> None:
-        super().begin_call(transformer_options, timestep, has_control)
-        self.sigma = float(transformer_options["sigmas"][0])
-        self.observed = None
 
     def on_block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:
         if position != 0:
             return run_block(args)
         call = self.call
         try:
-            call.img_len = args["img"].shape[1]
-            call.txt_len = args["txt"].shape[1] if kind in self.family.text_stream_kinds else 0
-            indicator = self.family.indicator(self.diffusion_model, args, call, self.patch.base.indicator)
+            indicator = self.family.indicator(call.diffusion_model, args, call, self.patch.base.indicator)
             stack_input = args["img"].clone()  # blocks may update their input in place
         except Exception as error:  # observing must never break the render
             self.fail(error)
             return run_block(args)
         out = run_block(args)
         try:
-            self.observed = (indicator, self.family.image_tokens(kind, out["img"], call) - stack_input)
+            call.observed = (indicator, self.image_tokens(kind, out["img"]) - stack_input)
         except Exception as error:
             self.fail(error)
         return out
 
     def end_call(self, output: torch.Tensor) -> None:
-        if self.observed is None:  # the block loop was not reached
+        call = self.call
+        if call.observed is None:  # the block loop was not reached
             return
-        keys = self.call.keys
+        keys = call.keys
         parts = len(keys)
-        indicators, fn_residuals = (t.chunk(parts) for t in self.observed)
+        indicators, fn_residuals = (t.chunk(parts) for t in call.observed)
         measured: list[torch.Tensor] = []  # every relative L1 of this call, for one host sync
         layout = []
         for key, indicator, current, fn_residual in zip(keys, indicators, output.chunk(parts), fn_residuals, strict=True):
@@ -138,7 +130,7 @@ class CalibrationSampling(SamplingRun):
         branches = tuple(self.branch_ids.setdefault(k, len(self.branch_ids)) for k in keys)
         self.calls.append(
             CalibrationCall(
-                self.call.step, self.sigma, branches, tuple(indicator_changes), tuple(output_changes), tuple(fn_diffs)
+                call.step, call.sigma, branches, tuple(indicator_changes), tuple(output_changes), tuple(fn_diffs)
             )
         )
 

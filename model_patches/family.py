@@ -19,15 +19,28 @@ BlockArgs = dict[str, Any]
 
 @dataclass
 class CallInfo:
-    """One call of the diffusion model, as the caching methods see it."""
+    """One call of the diffusion model, as the caching methods see it.
+
+    One per call and thread: ComfyUI's multi-GPU path runs CFG branches in parallel threads,
+    so everything a method keeps between the blocks of one call lives here, never on the run.
+    """
 
     keys: tuple[Any, ...]  # one per CFG branch in the batch (cond uuids)
     step: int
     in_window: bool
     timestep: torch.Tensor | None
     between_blocks: bool  # ControlNet residuals or per-block patches act between blocks
-    txt_len: int = 0
+    diffusion_model: torch.nn.Module  # the instance called (a multi-GPU clone on another device)
+    sigma: float = 0.0
+    txt_len: int = 0  # text tokens beside the image in a joint sequence (set at the first block)
     img_len: int = 0
+    # Per-call scratch of the methods.
+    stack_input: torch.Tensor | None = None  # the cached stream entering the stack (or the middle)
+    reuse: bool = False  # the blocks from here on are skipped: the cache stands in for them
+    fn_residuals: list[torch.Tensor] = field(default_factory=list)
+    middle_input: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    last_text_stage: tuple[torch.Tensor, torch.Tensor] | None = None  # (img, txt) out of the last double block
+    observed: tuple[torch.Tensor, torch.Tensor] | None = None  # calibration: (indicator, Fn residual)
 
 
 @dataclass(frozen=True)
@@ -40,48 +53,49 @@ class Family:
         indicator: TeaCache's indicator, from the first block's arguments.
         default_preset: TeaCache preset that `model_type=auto` picks.
         choose_preset: for families with several presets (Wan), picks one for a loaded model.
-        joint_text_first: for families whose last blocks run on cat(txt, img) (True) or
-            cat(img, txt) (False), where the image tokens sit in those blocks' output.
         cfg_shares_state: TeaCache keeps one state for both CFG branches in the reference
             (SGLang) implementation, so it is disabled while CFG is active.
         text_stream_kinds: block kinds whose "txt" is a text stream the blocks update (not a
-            fixed context, as Wan's is): Cache-DiT caches that stream's residual too.
-        object_patches: attribute name on the diffusion model -> factory of a replacement,
-            for families whose ComfyUI forward has no `patches_replace` (Z-Image).
+            fixed context, as Wan's is): Cache-DiT caches that stream's residual too. When other
+            blocks follow them, those run on one joint sequence of both streams, whose order
+            each run reads from ComfyUI and verifies (`SamplingRun.block`).
+        object_patches: attribute path on the diffusion model -> replacement, for families whose
+            ComfyUI forward has no `patches_replace` (Z-Image).
     """
 
     name: str
     block_keys: Callable[[torch.nn.Module], list[BlockKey]]
     indicator: Callable[[torch.nn.Module, BlockArgs, CallInfo, str], torch.Tensor]
     default_preset: str
-    joint_text_first: bool | None = None
     cfg_shares_state: bool = False
     text_stream_kinds: frozenset[str] = frozenset()
-    object_patches: dict[str, Callable[[torch.nn.Module], Any]] = field(default_factory=dict)
+    object_patches: Callable[[torch.nn.Module, Callable[[str], Any]], dict[str, Any]] | None = None
     choose_preset: Callable[[Any], str] | None = None
 
     def auto_preset(self, model_patcher: Any) -> str:
         return self.choose_preset(model_patcher) if self.choose_preset else self.default_preset
 
-    def image_tokens(self, kind: str, hidden: torch.Tensor, call: CallInfo) -> torch.Tensor:
-        """The image part of a block's "img" output (single blocks carry text and image)."""
-        if kind != "single_block" or self.joint_text_first is None:
-            return hidden
-        if self.joint_text_first:
-            return hidden[:, call.txt_len :]
-        return hidden[:, : call.img_len]
-
-    def joint(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-        """The sequence single blocks run on, as ComfyUI's loop concatenates the two streams."""
-        return torch.cat((txt, img) if self.joint_text_first else (img, txt), dim=1)
-
-    def split(self, joint: torch.Tensor, call: CallInfo) -> tuple[torch.Tensor, torch.Tensor]:
-        """(img, txt) of a joint sequence: the inverse of `joint`."""
-        if self.joint_text_first:
-            return joint[:, call.txt_len :], joint[:, : call.txt_len]
-        return joint[:, : call.img_len], joint[:, call.img_len :]
+    def joint_position(self, diffusion_model: torch.nn.Module) -> int | None:
+        """Position of the first block that runs on the joint (text + image) sequence, if any."""
+        keys = self.block_keys(diffusion_model)
+        for position in range(1, len(keys)):
+            if keys[position - 1][0] in self.text_stream_kinds and keys[position][0] not in self.text_stream_kinds:
+                return position
+        return None
 
 
 def config_name(model_patcher: Any) -> str:
     """Class name of ComfyUI's model config (e.g. WAN21_T2V), '' when unknown."""
     return type(getattr(model_patcher.model, "model_config", None)).__name__
+
+
+def reference_tokens(args: BlockArgs) -> int:
+    """How many reference-image tokens ComfyUI appended to the image stream of this call.
+
+    Reference images at timestep zero (Flux.2, Qwen-Image-Edit 2511) get a second modulation
+    row; their tokens sit after the noisy image's, as many as ComfyUI reports.
+    """
+    counts = (args.get("transformer_options") or {}).get("reference_image_num_tokens")
+    if not counts:
+        raise ValueError("two modulation rows per sample, but ComfyUI reports no reference image tokens")
+    return int(sum(counts))

@@ -1,4 +1,4 @@
-"""Flux (comfy.ldm.flux.model.Flux): double blocks, then single blocks on cat(txt, img)."""
+"""Flux (comfy.ldm.flux.model.Flux): double blocks, then single blocks on the joint sequence."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .family import BlockArgs, CallInfo, Family
 
 
 def _indicator(dm: torch.nn.Module, args: BlockArgs, call: CallInfo, mode: str) -> torch.Tensor:
-    return double_stream_indicator(dm.double_blocks[0], args["img"], args["vec"])
+    return double_stream_indicator(dm.double_blocks[0], args)
 
 
 FAMILY = Family(
@@ -18,6 +18,5 @@ FAMILY = Family(
     block_keys=double_then_single_keys,
     indicator=_indicator,
     default_preset="flux",
-    joint_text_first=True,
     cfg_shares_state=True,
 )

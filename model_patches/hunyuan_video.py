@@ -1,4 +1,7 @@
-"""HunyuanVideo (comfy.ldm.hunyuan_video.model.HunyuanVideo): double, then single on cat(img, txt)."""
+"""HunyuanVideo (comfy.ldm.hunyuan_video.model.HunyuanVideo): double, then single blocks on the joint sequence.
+
+ComfyUI 0.3.75 joins it as cat(img, txt), 0.33 as cat(txt, img): each run reads and verifies the order.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from .family import BlockArgs, CallInfo, Family
 
 
 def _indicator(dm: torch.nn.Module, args: BlockArgs, call: CallInfo, mode: str) -> torch.Tensor:
-    return double_stream_indicator(dm.double_blocks[0], args["img"], args["vec"], args.get("modulation_dims_img"))
+    return double_stream_indicator(dm.double_blocks[0], args, args.get("modulation_dims_img"))
 
 
 FAMILY = Family(
@@ -18,5 +21,4 @@ FAMILY = Family(
     block_keys=double_then_single_keys,
     indicator=_indicator,
     default_preset="hunyuan_video",
-    joint_text_first=False,
 )

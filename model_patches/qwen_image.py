@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .family import BlockArgs, CallInfo, Family
+from .family import BlockArgs, CallInfo, Family, reference_tokens
 
 
 def _block_keys(dm: torch.nn.Module) -> list[tuple[str, int]]:
@@ -12,9 +12,14 @@ def _block_keys(dm: torch.nn.Module) -> list[tuple[str, int]]:
 
 
 def _indicator(dm: torch.nn.Module, args: BlockArgs, call: CallInfo, mode: str) -> torch.Tensor:
+    """The first block's modulated image input, as the block computes it (ComfyUI's own `_modulate`)."""
     block = dm.transformer_blocks[0]
-    img_mod1 = block.img_mod(args["vec"]).chunk(2, dim=-1)[0]
-    return block._modulate(block.img_norm1(args["img"]), img_mod1)[0]
+    img, temb = args["img"], args["vec"]
+    img_mod1 = block.img_mod(temb).chunk(2, dim=-1)[0]
+    if temb.shape[0] == img.shape[0]:
+        return block._modulate(block.img_norm1(img), img_mod1)[0]
+    # Qwen-Image-Edit 2511: a second row of timestep-zero modulation for the reference tokens after the image.
+    return block._modulate(block.img_norm1(img), img_mod1, img.shape[1] - reference_tokens(args))[0]
 
 
 FAMILY = Family(

@@ -7,6 +7,11 @@ A method installs three things on a clone of the MODEL:
 - a `patches_replace` hook per block, which lets the run compute or skip each block.
 Without a run (outside sampling, or disabled for this run) every hook passes through.
 
+Models whose last blocks run on one joint sequence of text and image (Flux, HunyuanVideo) have
+it laid out as their ComfyUI version decides (0.33 put the text first in HunyuanVideo): each run
+reads the order from ComfyUI (`img_slice`) where it passes it, and verifies it once against the
+streams the blocks before handed over; a sequence it cannot account for stops caching.
+
 Under torch.compile the hooks' own frames and every caching action run eagerly (no decision
 is traced into a graph, no guard depends on a run, a step or a CFG branch), while the blocks
 they call still compile.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from collections.abc import Callable
 from functools import lru_cache, partial
 from typing import Any
@@ -40,17 +46,34 @@ eager = torch.compiler.disable  # a frame that torch.compile never traces (nor a
 eager_frame = partial(torch.compiler.disable, recursive=False)  # skipped itself; what it calls still compiles
 
 
+class LayoutMismatch(RuntimeError):
+    """A joint sequence laid out in no order the pack can verify: caching it would corrupt the image."""
+
+
 class SamplingRun:
-    """Base of a method's per-run state: knows the schedule and the current call."""
+    """Base of a method's per-run state: knows the schedule, the joint layout and the current call."""
 
     def __init__(self, family: Family, diffusion_model: torch.nn.Module, schedule: StepSchedule):
         self.family = family
         self.diffusion_model = diffusion_model
         self.schedule = schedule
-        self.call: CallInfo | None = None
-        self.failed = False
+        self.joint_position = family.joint_position(diffusion_model)
+        self.text_first: bool | None = None  # order of the joint sequence, once verified in this run
+        self.failure: str | None = None  # why caching stopped in this run
+        self._current = threading.local()  # parallel branch calls (multi-GPU) each have their own
 
-    def begin_call(self, transformer_options: dict, timestep: torch.Tensor | None, has_control: bool) -> None:
+    @property
+    def call(self) -> CallInfo | None:
+        """The call this thread is in, None outside one."""
+        return getattr(self._current, "call", None)
+
+    @call.setter
+    def call(self, call: CallInfo | None) -> None:
+        self._current.call = call
+
+    def begin_call(
+        self, transformer_options: dict, timestep: torch.Tensor | None, has_control: bool, diffusion_model: Any
+    ) -> None:
         """Where this call sits; `has_control`: the call carries ControlNet residuals."""
         sigma = float(transformer_options["sigmas"][0])
         keys = transformer_options.get("uuids") or transformer_options.get("cond_or_uncond") or [0]
@@ -60,7 +83,68 @@ class SamplingRun:
             in_window=self.schedule.in_window(sigma),
             timestep=timestep,
             between_blocks=has_control or bool(transformer_options.get("patches", {}).get("double_block")),
+            diffusion_model=diffusion_model if diffusion_model is not None else self.diffusion_model,
+            sigma=sigma,
         )
+
+    @eager_frame
+    def block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:
+        """One block under this run: what every method needs to know of the streams, then its `on_block`."""
+        call = self.call
+        if position == 0:
+            call.img_len = args["img"].shape[1]
+            call.txt_len = args["txt"].shape[1] if kind in self.family.text_stream_kinds else 0
+        if position == self.joint_position and self.text_first is None:
+            self.guarded(self._verify_layout, args)
+            if self.failed:
+                return run_block(args)
+        out = self.on_block(position, last, kind, args, run_block)
+        if self.joint_position is not None and position == self.joint_position - 1 and self.text_first is None:
+            call.last_text_stage = (out["img"], out["txt"])  # what ComfyUI joins next (control adds in place)
+        return out
+
+    def _verify_layout(self, args: BlockArgs) -> None:
+        """Find the joint sequence's order: ComfyUI's `img_slice` where given, checked against the streams."""
+        img, txt = self.call.last_text_stage
+        joint = args["img"]
+        img_slice = (args.get("transformer_options") or {}).get("img_slice")
+        orders = (True, False) if img_slice is None else (img_slice[0] > 0,)
+        for text_first in orders:
+            expected_slice = (txt.shape[1], joint.shape[1]) if text_first else (0, img.shape[1])
+            if img_slice is not None and tuple(img_slice) != expected_slice:
+                continue
+            expected = torch.cat((txt, img) if text_first else (img, txt), dim=1)
+            if expected.shape == joint.shape and torch.equal(expected, joint):
+                self.text_first = text_first
+                return
+        told = f"at ComfyUI's img_slice {list(img_slice)}" if img_slice is not None else "in either order"
+        raise LayoutMismatch(
+            f"{self.family.name}: the first joint block's input is not the image and text streams "
+            f"of the block before it {told}"
+        )
+
+    def _joined_text_first(self) -> bool:
+        if self.text_first is None:
+            raise LayoutMismatch(f"{self.family.name}: the joint sequence's order is not verified in this run")
+        return self.text_first
+
+    def image_tokens(self, kind: str, hidden: torch.Tensor) -> torch.Tensor:
+        """The image part of a block's "img" output (joint blocks carry text and image)."""
+        if self.joint_position is None or kind in self.family.text_stream_kinds:
+            return hidden
+        start = self.call.txt_len if self._joined_text_first() else 0
+        return hidden[:, start : start + self.call.img_len]
+
+    def joint(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        """The sequence joint blocks run on, in the order this run verified."""
+        return torch.cat((txt, img) if self._joined_text_first() else (img, txt), dim=1)
+
+    def split(self, joint: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(img, txt) of a joint sequence: the inverse of `joint`."""
+        call = self.call
+        if self._joined_text_first():
+            return joint[:, call.txt_len :], joint[:, : call.txt_len]
+        return joint[:, : call.img_len], joint[:, call.img_len :]
 
     def on_block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:
         raise NotImplementedError
@@ -71,11 +155,15 @@ class SamplingRun:
     def finish(self) -> None:
         """Called once when the sampling run ends (also on error or interrupt)."""
 
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None
+
     def fail(self, error: BaseException) -> None:
         """Stop caching for the rest of the run: every block computes from here on."""
         if not self.failed:
-            logger.warning("dit-cache: caching stopped for this run after an error, steps now compute: %r", error)
-        self.failed = True
+            self.failure = f"{type(error).__name__}: {error}"
+            logger.warning("dit-cache: caching stopped for this run, steps now compute: %s", self.failure)
 
     @eager
     def guarded(self, action: Callable[..., Any], *args: Any) -> Any:
@@ -124,7 +212,7 @@ class BlockHook:
         run = (args.get("transformer_options") or {}).get(self.run_key)
         if run is None or run.failed or run.call is None:
             return run_block(args)
-        return run.on_block(self.position, self.last, self.kind, args, run_block)
+        return run.block(self.position, self.last, self.kind, args, run_block)
 
 
 def _run_previous(previous: Callable, extra: dict, args: BlockArgs) -> BlockArgs:
@@ -136,7 +224,7 @@ def _signature(function: Callable) -> inspect.Signature:
     return inspect.signature(function)
 
 
-def _call_arguments(original: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
+def call_arguments(original: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
     """The diffusion model's arguments by name, whatever mix of positions and keywords it got."""
     if inspect.isfunction(original):
         signature = _signature(original)
@@ -162,16 +250,34 @@ def _transformer_options(args: tuple, kwargs: dict) -> dict:
 
 
 def _begin_call(run: SamplingRun, executor: Any, args: tuple, kwargs: dict) -> None:
-    named = _call_arguments(executor.original, args, kwargs)  # a newer ComfyUI's signature may fail
+    named = call_arguments(executor.original, args, kwargs)  # a newer ComfyUI's signature may fail
     timestep = named.get("timestep", named.get("timesteps"))
-    run.begin_call(named["transformer_options"], timestep, named.get("control") is not None)
+    diffusion_model = getattr(executor, "class_obj", None)  # this call's instance (multi-GPU: a clone)
+    run.begin_call(named["transformer_options"], timestep, named.get("control") is not None, diffusion_model)
+
+
+_calling = threading.local()
+
+
+def called_model() -> torch.nn.Module | None:
+    """The diffusion model instance this thread is inside a call of (multi-GPU runs clones on other devices)."""
+    return getattr(_calling, "model", None)
 
 
 @eager_frame
 def _diffusion_model_wrapper(run_key: str, executor: Any, *args: Any, **kwargs: Any) -> Any:
-    run = _transformer_options(args, kwargs).get(run_key)
-    if run is None or run.failed:
-        return executor(*args, **kwargs)
+    outer = called_model()
+    _calling.model = getattr(executor, "class_obj", None)
+    try:
+        run = _transformer_options(args, kwargs).get(run_key)
+        if run is None or run.failed:
+            return executor(*args, **kwargs)
+        return _run_call(run, executor, args, kwargs)
+    finally:
+        _calling.model = outer
+
+
+def _run_call(run: SamplingRun, executor: Any, args: tuple, kwargs: dict) -> Any:
     run.guarded(_begin_call, run, executor, args, kwargs)
     try:
         output = executor(*args, **kwargs)
@@ -268,6 +374,13 @@ def install(model: Any, patch: Any, family: Family) -> Any:
     for position, (kind, index) in enumerate(keys):
         hook = BlockHook(patch.key, patch.run_key, position, len(keys) - 1, kind, existing.get((kind, index)))
         patched.set_model_patch_replace(hook, "dit", kind, index)
-    for name, factory in family.object_patches.items():
-        patched.add_object_patch(f"diffusion_model.{name}", factory(diffusion_model))
+    if family.object_patches is not None:
+        current = partial(_model_object, patched)
+        for name, replacement in family.object_patches(diffusion_model, current).items():
+            patched.add_object_patch(f"diffusion_model.{name}", replacement)
     return patched
+
+
+def _model_object(patched: Any, name: str) -> Any:
+    """What `diffusion_model.<name>` is on this MODEL now: an earlier object patch, or the model's own."""
+    return patched.get_model_object(f"diffusion_model.{name}")

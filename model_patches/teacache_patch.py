@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -69,20 +69,19 @@ class TeaCacheSampling(SamplingRun):
         super().__init__(patch.family, diffusion_model, schedule)
         self.patch = patch
         self.run = TeaCacheRun(patch.config, schedule.total_steps)
-        self.compute = True
-        self.stack_input: torch.Tensor | None = None
 
     @eager_frame
     def on_block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:
+        call = self.call
         if position == 0:
-            self.compute = self.guarded(self._decide, args) is not False  # a failure computes
-            if not self.compute:
+            call.reuse = self.guarded(self._decide, args) is False  # a failure computes
+            if call.reuse:
                 replayed = self.guarded(self._replay, args)
                 if replayed is not None:
                     return replayed
-                computed_after_all(self.run.records)
-                self.compute = True
-        elif not self.compute:
+                computed_after_all(self.run.records, call.keys)
+                call.reuse = False
+        elif call.reuse:
             return identity(args)
         out = run_block(args)
         if position == last:
@@ -92,13 +91,11 @@ class TeaCacheSampling(SamplingRun):
     def _decide(self, args: BlockArgs) -> bool:
         """At the first block: whether this call computes the stack (else it replays the cache)."""
         call = self.call
-        call.txt_len = args["txt"].shape[1] if "txt" in args else 0
-        call.img_len = args["img"].shape[1]
-        indicator = self.family.indicator(self.diffusion_model, args, call, self.patch.preset.indicator)
+        indicator = self.family.indicator(call.diffusion_model, args, call, self.patch.preset.indicator)
         chunks = indicator.chunk(len(call.keys))
         compute = self.run.decide(call.keys, chunks, call.step, call.in_window and not call.between_blocks)
         if compute:
-            self.stack_input = args["img"].clone()  # blocks may update their input in place
+            call.stack_input = args["img"].clone()  # blocks may update their input in place
         return compute
 
     def _replay(self, args: BlockArgs) -> BlockArgs:
@@ -112,15 +109,14 @@ class TeaCacheSampling(SamplingRun):
         if call.between_blocks:  # what acts between blocks is not the model's own: never replay it
             residual = None
         else:
-            residual = self.family.image_tokens(kind, out["img"], call) - self.stack_input
-        self.stack_input = None
+            residual = self.image_tokens(kind, out["img"]) - call.stack_input
+        call.stack_input = None
         self.run.store(call.keys, residual)
 
     def finish(self) -> None:
-        summary = self.run.summary()
+        summary = replace(self.run.summary(), disabled=self.failure)
         self.patch.last_run = summary
         self.run = TeaCacheRun(self.patch.config, self.schedule.total_steps)  # drop cached tensors
-        self.stack_input = None
         if summary.calls == 0:
             logger.warning(
                 "TeaCache [%s]: the model's block loop was never reached, so nothing was cached "

@@ -57,7 +57,8 @@ _POINTS: dict[str, dict[str, Any]] = {
         "modulated": ("layers.0.attention", _first_arg()),
         "stack_in": [("context_refiner.-1", None), ("noise_refiner.-1", None)],
         "stack_out": ("final_layer", _first_arg()),
-        "last_block": "layers.-1",
+        # The layer module itself is entered even when skipped (its forward is the pack's object patch).
+        "last_block": "layers.-1.attention",
     },
 }
 

@@ -52,7 +52,11 @@ def blocks(model: Any, variant: str) -> list[torch.nn.Module]:
 
 
 class BlockCounter:
-    """Counts, per call of the diffusion model, which blocks ran (torch hooks, not the pack)."""
+    """Counts, per call of the diffusion model, which blocks ran (torch hooks, not the pack).
+
+    A block ran when its own layers did: the block module itself is entered even when skipped
+    where the pack's hook is an object patch of its forward (Z-Image).
+    """
 
     def __init__(self, model: Any, variant: str):
         self.dm = model.model.diffusion_model
@@ -63,8 +67,13 @@ class BlockCounter:
     def __enter__(self) -> Self:
         self.handles.append(self.dm.register_forward_pre_hook(lambda m, a: self.calls.append([])))
         for index, block in enumerate(self.blocks):
-            self.handles.append(block.register_forward_pre_hook(lambda m, a, i=index: self.calls[-1].append(i)))
+            for child in block.children():
+                self.handles.append(child.register_forward_pre_hook(lambda m, a, i=index: self._ran(i)))
         return self
+
+    def _ran(self, index: int) -> None:
+        if index not in self.calls[-1]:
+            self.calls[-1].append(index)
 
     def __exit__(self, *exc: object) -> None:
         for handle in self.handles:

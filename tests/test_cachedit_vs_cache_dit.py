@@ -88,7 +88,7 @@ def _cpu_patcher(model: Any) -> comfy.model_patcher.ModelPatcher:
 
 
 def _comfy_model(config_class: type, unet_config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> Any:
-    model_config = config_class(unet_config)
+    model_config = config_class(tm.host_unet_config(unet_config))
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({}, "")
     model.diffusion_model.load_state_dict(state_dict, strict=True)

@@ -39,12 +39,13 @@ STEPS = 8
 IDENTITY = "1, 0"  # TeaCache's rescale(x) = x: thresholds read directly as accumulated relative L1
 KEYS = {"teacache": "dit_cache.teacache", "cachedit": "dit_cache.cachedit"}
 METHODS = list(KEYS)
+FAMILIES = ("flux", "wan21_t2v", "hunyuan_video", "qwen_image", "z_image")  # one variant of each family
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cache = tmp_path_factory.mktemp("tiny-models")
-    return {v: tm.load_model(v, cache) for v in ("flux", "wan21_t2v", "qwen_image")}
+    return {v: tm.load_model(v, cache) for v in FAMILIES}
 
 
 def sample(model: Any, variant: str, steps: int = STEPS, cfg: float = 1.0, sampler: str = "euler",
@@ -169,9 +170,9 @@ def controlnets() -> dict[str, tuple[comfy.controlnet.ControlNet, torch.Tensor]]
     QwenImageControlNetModel, given its hint as a latent (the loader's VAE encode step left out).
     """
     flux = comfy.ldm.flux.controlnet.ControlNetFlux(
-        operations=comfy.ops.disable_weight_init, device="cpu", dtype=torch.float32, **tm._flux_config(True)
+        operations=comfy.ops.disable_weight_init, device="cpu", dtype=torch.float32, **tm.unet_config("flux")
     )
-    qwen_config = {k: v for k, v in tm._SPECS["qwen_image"].unet_config.items() if k != "image_model"}
+    qwen_config = {k: v for k, v in tm.unet_config("qwen_image").items() if k != "image_model"}
     qwen = comfy.ldm.qwen_image.controlnet.QwenImageControlNetModel(
         operations=comfy.ops.disable_weight_init, device="cpu", dtype=torch.float32, **qwen_config
     )
@@ -223,7 +224,7 @@ def test_controlnet_residuals_are_never_dropped(models, controlnets, method, var
 @pytest.mark.parametrize("node", [ApplyTeaCache, ApplyCacheDiT])
 def test_wan_vace_passes_through_with_one_warning(node, caplog) -> None:
     config = comfy.supported_models.WAN21_Vace(
-        {**tm._SPECS["wan21_t2v"].unet_config, "model_type": "vace", "vace_in_dim": 96, "vace_layers": 1}
+        {**tm.unet_config("wan21_t2v"), "model_type": "vace", "vace_in_dim": 96, "vace_layers": 1}
     )
     config.set_inference_dtype(torch.float32, None)
     vace = comfy.model_patcher.ModelPatcher(config.get_model({}), load_device="cpu", offload_device="cpu")
@@ -400,10 +401,11 @@ FAULTS = {
 }
 
 
+@pytest.mark.parametrize("variant", FAMILIES)
 @pytest.mark.parametrize("phase", ["decide", "apply", "store"])
 @pytest.mark.parametrize("method", METHODS)
-def test_a_fault_inside_the_cache_computes_instead(models, method, phase, monkeypatch, caplog) -> None:
-    model = models["flux"]
+def test_a_fault_inside_the_cache_computes_instead(models, method, phase, variant, monkeypatch, caplog) -> None:
+    model = models[variant]
     owner, name, failing_call = FAULTS[method][phase]
     original = getattr(owner, name)
     calls = {"n": 0}
@@ -417,13 +419,13 @@ def test_a_fault_inside_the_cache_computes_instead(models, method, phase, monkey
     patched = APPLY[method](model)
     monkeypatch.setattr(owner, name, faulty)
     with caplog.at_level(logging.WARNING):
-        result = sample(patched, "flux")
+        result = sample(patched, variant)
     # Nothing was replayed before the fault, and everything computes from it on: exactly uncached.
-    assert torch.equal(result, plain(models, "flux"))
+    assert torch.equal(result, plain(models, variant))
     assert len(warnings_with(caplog, f"injected {name} fault")) == 1
     assert not last_run(patched, method).skipped_steps
     monkeypatch.setattr(owner, name, original)
-    sample(patched, "flux")
+    sample(patched, variant)
     assert last_run(patched, method).skipped_steps  # the next run caches again
 
 

@@ -17,14 +17,19 @@ Importing this module imports ``comfy``: put ComfyUI on ``sys.path`` and set
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import comfy.clip_vision
+import comfy.ldm.flux.model
+import comfy.ldm.hunyuan_video.model
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
@@ -232,10 +237,40 @@ def _fill_weights(module: torch.nn.Module, variant: str, seed: int) -> None:
                 param.copy_(values * std)
 
 
+def _declared_fields(diffusion_class: type) -> set[str]:
+    """The constructor fields the installed ComfyUI's model class takes (its ``<Class>Params``, if any)."""
+    params = getattr(sys.modules[diffusion_class.__module__], f"{diffusion_class.__name__}Params", None)
+    if dataclasses.is_dataclass(params):
+        return {f.name for f in dataclasses.fields(params)}
+    return set(inspect.signature(diffusion_class).parameters)
+
+
+# Fields that only some ComfyUI versions declare (0.33 requires them, 0.3.75 rejects them), per
+# image_model, with the value ComfyUI's own detection (model_detection.py) gives these models.
+_VERSION_FIELDS: dict[str, tuple[type, dict[str, Any]]] = {
+    "flux": (comfy.ldm.flux.model.Flux, {"txt_ids_dims": []}),  # Flux.1: no text position ids
+    "hunyuan_video": (comfy.ldm.hunyuan_video.model.HunyuanVideo, {"meanflow_sum": False}),  # no vision_in
+}
+
+
+def host_unet_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A tiny unet_config completed with the fields the installed ComfyUI version declares."""
+    diffusion_class, fields = _VERSION_FIELDS.get(config.get("image_model"), (None, {}))
+    if not fields:
+        return dict(config)
+    declared = _declared_fields(diffusion_class)
+    return {**config, **{k: v for k, v in fields.items() if k in declared and k not in config}}
+
+
+def unet_config(variant: str) -> dict[str, Any]:
+    """``variant``'s tiny unet_config, as the installed ComfyUI version takes it."""
+    return host_unet_config(_spec(variant).unet_config)
+
+
 def _build(variant: str, seed: int) -> comfy.model_base.BaseModel:
     """Create the ComfyUI BaseModel of ``variant`` in fp32 on the CPU, weights filled."""
     spec = _spec(variant)
-    model_config = spec.config(spec.unet_config)
+    model_config = spec.config(unet_config(variant))
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({}, "")
     _fill_weights(model.diffusion_model, variant, seed)

@@ -35,6 +35,7 @@ import comfy.supported_models
 import comfy.supported_models_base
 import comfy.utils
 import torch
+from tiny_models import host_unet_config
 
 FIXTURE_DIR = Path(__file__).resolve().parent.parent / "bench" / "fixtures"
 CLASSES = 8
@@ -96,16 +97,25 @@ def weights_path(name: str) -> Path:
 def build(spec: str | FixtureSpec) -> comfy.model_base.BaseModel:
     """The ComfyUI BaseModel of a fixture (by name, or any spec) in fp32 on the CPU, weights not filled."""
     spec = SPECS[spec] if isinstance(spec, str) else spec
-    model_config = spec.config(dict(spec.unet_config))
+    model_config = spec.config(host_unet_config(spec.unet_config))
     model_config.set_inference_dtype(torch.float32, None)
     return model_config.get_model({}, "")
+
+
+def _current_name(key: str, expected: Any) -> str:
+    if key not in expected and key.endswith("_norm.scale"):
+        return key.removesuffix("scale") + "weight"
+    return key
 
 
 def load_model(name: str) -> comfy.model_patcher.ModelPatcher:
     """Fixture ``name`` ("flux" or "wan") with its trained weights, as a MODEL the way ComfyUI's loaders return it."""
     model = build(name)
     state_dict = comfy.utils.load_torch_file(str(weights_path(name)))
-    model.diffusion_model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
+    expected = model.diffusion_model.state_dict().keys()
+    # Saved with ComfyUI 0.3.75's names; 0.33 calls the q/k RMSNorm's parameter `weight`, not `scale`.
+    renamed = {_current_name(k, expected): v.float() for k, v in state_dict.items()}
+    model.diffusion_model.load_state_dict(renamed, strict=True)
     return patcher(model)
 
 

@@ -60,9 +60,12 @@ def widget_inputs(node_type: str) -> list[tuple[str, Any]]:
     return widgets
 
 
+def template_path(package: str, template: str) -> Any:
+    return importlib.resources.files(package) / "templates" / template
+
+
 def load_template(package: str, template: str) -> dict[str, Any]:
-    path = importlib.resources.files(package) / "templates" / template
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(template_path(package, template).read_text(encoding="utf-8"))
 
 
 def _shift_right_of(workflow: dict[str, Any], x0: float, rows: tuple[float, float], width: float) -> None:
