@@ -21,6 +21,8 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # comfy-cli (the registry's `comfy node validate`) in a venv of its own: its dependencies stay out of the hosts' venvs.
 COMFY_CLI_VENV := $(HOST)/comfy-cli
 COMFY_CLI := $(COMFY_CLI_VENV)/bin/comfy
+# The template packages the example workflows are built from, the same on every host (tools/template-sources.txt).
+TEMPLATES := $(HOST)/templates/.installed
 # ComfyUI 0.33 imports torchaudio at start-up; this release imports beside the torch below (tests never run audio).
 TORCHAUDIO := torchaudio==2.11.1
 export CHROMIUM
@@ -43,7 +45,7 @@ endif
 
 # One host: HOST_VENV (a venv) runs the suite inside HOST_DIR (a ComfyUI tree); LINK= skips linking the pack into it.
 LINK ?= $(HOST_DIR)/custom_nodes/comfyui-dit-cache
-test-host: host-setup
+test-host: host-setup $(TEMPLATES)
 	@echo "== tests on ComfyUI $$(cat $(HOST_DIR)/comfyui_version.py | sed -n 's/.*\"\(.*\)\".*/\1/p') ($(HOST_DIR))"
 	@start=$$(date +%s); COMFYUI_PATH=$(HOST_DIR) $(HOST_VENV)/bin/python -m pytest tests -q; rc=$$?; \
 	echo "== that host took $$(( $$(date +%s) - start )) s"; exit $$rc
@@ -82,10 +84,15 @@ $(COMFYUI_033)/main.py: $(ARCHIVE_033)
 	mkdir -p $(COMFYUI_033)/custom_nodes
 	touch $@
 
+$(TEMPLATES): tools/template-sources.txt
+	rm -rf $(HOST)/templates
+	$(PYTHON) -m pip install -q --no-deps --target $(HOST)/templates -r $<
+	touch $@
+
 run: setup
 	$(VENV)/bin/python tests/demo.py
 
-workflows: setup
+workflows: setup $(TEMPLATES)
 	$(VENV)/bin/python tools/make_workflows.py
 
 screenshots: setup

@@ -277,15 +277,12 @@ def _diffusion_model_wrapper(run_key: str, executor: Any, *args: Any, **kwargs: 
         _calling.model = outer
 
 
+@eager_frame
 def _run_call(run: SamplingRun, executor: Any, args: tuple, kwargs: dict) -> Any:
     run.guarded(_begin_call, run, executor, args, kwargs)
     try:
         output = executor(*args, **kwargs)
-        if not run.failed:
-            try:
-                run.end_call(output)
-            except Exception as error:
-                run.fail(error)
+        run.guarded(run.end_call, output)
         return output
     finally:
         run.call = None  # block hooks outside this call must never act on it

@@ -15,7 +15,7 @@ import comfy.ldm.lumina.model as lumina
 import torch
 
 from .family import BlockArgs, CallInfo, Family
-from .sampling_hooks import call_arguments, called_model
+from .sampling_hooks import call_arguments, called_model, eager, eager_frame
 
 
 def _block_keys(dm: torch.nn.Module) -> list[tuple[str, int]]:
@@ -31,6 +31,16 @@ def _indicator(dm: torch.nn.Module, args: BlockArgs, call: CallInfo, mode: str) 
         return layer.attention_norm1(args["img"]) * (1 + scale_msa.unsqueeze(1))
     # Reference images at timestep zero (ComfyUI 0.33+): ComfyUI's own per-token rows.
     return lumina.modulate(layer.attention_norm1(args["img"]), scale_msa, timestep_zero_index=zero_index)
+
+
+@eager
+def _block_args(forward: Callable, x: torch.Tensor, args: tuple, kwargs: dict, options: dict) -> BlockArgs:
+    """The layer's call as block arguments: its input, the modulation input, and ComfyUI's options."""
+    named = call_arguments(forward, (x, *args), kwargs)
+    block_args = {"img": x, "vec": named.get("adaln_input"), "transformer_options": options}
+    if named.get("timestep_zero_index") is not None:
+        block_args["timestep_zero_index"] = named["timestep_zero_index"]
+    return block_args
 
 
 class LayerForward:
@@ -51,16 +61,14 @@ class LayerForward:
         layer = (called_model() or self.model).layers[self.index]
         return type(layer).forward.__get__(layer)
 
+    @eager_frame  # as the other families' block hooks: torch.compile skips this frame, compiles the layer
     def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         forward = self._forward()
         options = kwargs.get("transformer_options") or {}
         hook = options.get("patches_replace", {}).get("dit", {}).get(("layer", self.index))
         if hook is None:
             return forward(x, *args, **kwargs)
-        named = call_arguments(forward, (x, *args), kwargs)
-        block_args = {"img": x, "vec": named.get("adaln_input"), "transformer_options": options}
-        if named.get("timestep_zero_index") is not None:
-            block_args["timestep_zero_index"] = named["timestep_zero_index"]
+        block_args = _block_args(forward, x, args, kwargs, options)
 
         def original_block(block: BlockArgs) -> BlockArgs:
             return {"img": forward(block["img"], *args, **kwargs)}

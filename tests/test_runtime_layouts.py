@@ -9,11 +9,13 @@
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import sys
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import comfy.sample
@@ -192,44 +194,66 @@ def test_branches_computed_in_parallel_threads_decide_as_in_a_sequential_run(mod
     assert sequential.skipped_steps  # the runs really cached
 
 
-def _qwen_edit_2511(cache: Any) -> Any:
-    """Qwen-Image-Edit 2511 in tiny: Qwen-Image whose reference tokens take a timestep-zero modulation row."""
-    model = tm.load_model("qwen_image", cache)
+def _timestep_zero_model(member: str, cache: Any) -> tuple[Any, str, str]:
+    """A tiny model whose reference tokens take a timestep-zero modulation row: (model, probe family, ref method).
+
+    Qwen-Image-Edit 2511 is Qwen-Image with that method as its default (what detection sets for a
+    checkpoint with ``__index_timestep_zero__``); Flux.2 takes it from the conditioning, as
+    FluxKontextMultiReferenceLatentMethod sets it.
+    """
+    variant = {"qwen_image_edit_2511": "qwen_image", "flux2": "flux2"}[member]
+    model = tm.load_model(variant, cache)
     dm = model.model.diffusion_model
-    if getattr(dm, "default_ref_method", None) is None:
-        pytest.skip("this ComfyUI has no timestep-zero reference method (Qwen-Image-Edit 2511 came with 0.33)")
-    dm.default_ref_method = "index_timestep_zero"  # what detection sets for a checkpoint with __index_timestep_zero__
-    return model
+    if member == "qwen_image_edit_2511":
+        if getattr(dm, "default_ref_method", None) is None:
+            pytest.skip("this ComfyUI has no timestep-zero reference method (Qwen-Image-Edit 2511 came with 0.33)")
+        dm.default_ref_method = "index_timestep_zero"
+        return model, "qwen_image", variant
+    if "timestep_zero_index" not in inspect.signature(dm.forward_orig).parameters:
+        pytest.skip("this ComfyUI's Flux has no timestep-zero reference method (it came with 0.33)")
+    return model, "flux", variant
 
 
 def _with_reference(variant: str, seed: int) -> list:
     conditioning = tm.conditioning(variant, seed=seed)
-    reference = tm.latent(variant, seed=7, size=8)["samples"]
+    side = 4 if variant == "flux2" else 8  # 16 reference tokens: Flux.2 has 1x1 patches, Qwen-Image 2x2
+    reference = tm.latent(variant, seed=7, size=side)["samples"]
     conditioning[0][1]["reference_latents"] = [reference]
+    if variant == "flux2":
+        conditioning[0][1]["reference_latents_method"] = "index_timestep_zero"
     return conditioning
 
 
-def test_reference_images_at_timestep_zero_are_measured_and_cached_on_the_right_rows(tmp_path) -> None:
+def _modulation_rows(model: Any, family: str) -> tuple[Any, Callable[[tuple], int]]:
+    """The module that turns the time embedding into block 0's image modulation, and its rows per sample."""
+    dm = model.model.diffusion_model
+    if family == "qwen_image":  # temb [rows * batch, dim]; one sample here
+        return dm.transformer_blocks[0].img_mod, lambda args: args[0].shape[0]
+    return dm.double_stream_modulation_img, lambda args: args[0].shape[1]  # Flux.2: [batch, rows, dim]
+
+
+@pytest.mark.parametrize("member", ["qwen_image_edit_2511", "flux2"])
+def test_reference_images_at_timestep_zero_are_measured_and_cached_on_the_right_rows(member, tmp_path) -> None:
     from probes import ModelProbe, relative_l1
 
-    model = _qwen_edit_2511(tmp_path)
-    latent = tm.latent("qwen_image")["samples"]
+    model, family, variant = _timestep_zero_model(member, tmp_path)
+    latent = tm.latent(variant)["samples"]
 
     def run(m: Any) -> torch.Tensor:
         return comfy.sample.sample(m, comfy.sample.prepare_noise(latent, 0), STEPS, 1.0, "euler", "simple",
-                                   _with_reference("qwen_image", 1), _with_reference("qwen_image", 2), latent,
+                                   _with_reference(variant, 1), _with_reference(variant, 2), latent,
                                    seed=0, disable_pbar=True)
 
     rows: list[int] = []
-    img_mod = model.model.diffusion_model.transformer_blocks[0].img_mod
-    handle = img_mod.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    module, count = _modulation_rows(model, family)
+    handle = module.register_forward_pre_hook(lambda module, args: rows.append(count(args)))
     try:
         expected = run(model)
     finally:
         handle.remove()
     assert set(rows) == {2}  # one sample, two modulation rows: the reference really runs at timestep zero
     exact = ApplyTeaCache().apply(model, "auto", 0.0, 0.0, 1.0, "main_device", "1, 0")[0]
-    with ModelProbe(exact, "qwen_image") as probe:
+    with ModelProbe(exact, family) as probe:
         assert torch.equal(run(exact), expected)
     records = last_run(exact, "teacache").records
     # Block 0's real modulated input: the image's rows at the step's timestep, the reference's at zero.
@@ -239,7 +263,7 @@ def test_reference_images_at_timestep_zero_are_measured_and_cached_on_the_right_
     assert [r.rel_l1[0] for r in records[1:]] == pytest.approx(independent, rel=1e-4)
 
     skipping = apply("teacache", model)
-    with ModelProbe(skipping, "qwen_image") as probe:
+    with ModelProbe(skipping, family) as probe:
         run(skipping)
     decisions = [r.computed for r in last_run(skipping, "teacache").records]
     assert not all(decisions)
@@ -250,3 +274,11 @@ def test_reference_images_at_timestep_zero_are_measured_and_cached_on_the_right_
             residual = call.stack_out - stack_in
         else:
             assert torch.equal(call.stack_out, stack_in + residual)
+
+    # Cache-DiT: off is bit-identical; on, it caches (the reference tokens ride in the image stream).
+    off = ApplyCacheDiT().apply(model, residual_diff_threshold=0.0)[0]
+    assert torch.equal(run(off), expected)
+    cached = apply("cachedit", model)
+    run(cached)
+    summary = last_run(cached, "cachedit")
+    assert summary.disabled is None and summary.skipped_steps

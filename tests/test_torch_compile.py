@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import comfy.sample
+import pytest
 import tiny_models as tm
 import torch
 import torch._dynamo
@@ -24,11 +25,11 @@ from dit_cache.nodes.teacache_node import ApplyTeaCache
 STEPS = 20
 
 
-def sample(model: Any) -> torch.Tensor:
-    latent = tm.latent("flux")["samples"]
+def sample(model: Any, variant: str) -> torch.Tensor:
+    latent = tm.latent(variant)["samples"]
     noise = comfy.sample.prepare_noise(latent, 0)
-    return comfy.sample.sample(model, noise, STEPS, 1.0, "euler", "simple", tm.conditioning("flux", seed=1),
-                               tm.conditioning("flux", seed=2), latent, seed=0, disable_pbar=True)
+    return comfy.sample.sample(model, noise, STEPS, 1.0, "euler", "simple", tm.conditioning(variant, seed=1),
+                               tm.conditioning(variant, seed=2), latent, seed=0, disable_pbar=True)
 
 
 def compiled(model: Any) -> Any:
@@ -40,11 +41,13 @@ def graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
-def test_compiled_model_matches_and_recompiles_no_more_than_comfyuis_own(monkeypatch) -> None:
-    model = tm.load_model("flux")
+# Flux: blocks reached through ComfyUI's replace patches; Z-Image: through our object patch on each layer.
+@pytest.mark.parametrize("variant", ["flux", "z_image"])
+def test_compiled_model_matches_and_recompiles_no_more_than_comfyuis_own(variant, monkeypatch) -> None:
+    model = tm.load_model(variant)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    sample(compiled(model))
+    sample(compiled(model), variant)
     comfyui_alone = graphs()
 
     traced: list[bool] = []
@@ -64,12 +67,12 @@ def test_compiled_model_matches_and_recompiles_no_more_than_comfyuis_own(monkeyp
     }
     for name, method in patched.items():
         key = f"dit_cache.{name}"
-        expected = sample(method)
+        expected = sample(method, variant)
         decisions = [r.computed for r in method.model_options["transformer_options"][key].last_run.records]
         assert False in decisions
         for _ in range(2):  # a second run must not recompile: no guard depends on a run's state
             frames = torch._dynamo.utils.counters["frames"]["total"]
-            result = sample(compiled(method))
+            result = sample(compiled(method), variant)
             assert torch._dynamo.utils.counters["frames"]["total"] > frames  # Dynamo really ran the model
             torch.testing.assert_close(result, expected, rtol=1e-4, atol=1e-4)
             records = method.model_options["transformer_options"][key].last_run.records

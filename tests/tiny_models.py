@@ -56,6 +56,11 @@ EXTRA_VARIANTS: tuple[str, ...] = ("lumina2",)
 """Models of families the pack does not patch (Lumina 2: a NextDiT without Z-Image's
 modulation), for pass-through tests; not part of ``VARIANTS``."""
 
+MEMBER_VARIANTS: tuple[str, ...] = ("flux2",)
+"""Newer members of the five families, built through their own ComfyUI config class, for the
+tests that target what only they do (Flux.2: modulation computed once, reference images at
+timestep zero); the family-wide suites do not run them yet."""
+
 FILE_VARIANTS: tuple[str, ...] = (
     "wan21_t2v",
     "wan21_i2v",
@@ -93,6 +98,7 @@ class _Spec:
     pooled_dim: int | None = None
     frames: int | None = None  # default latent frames of a video family; None for images
     frame_axis: bool = False  # an image model that takes [B, C, 1, H, W] (Qwen-Image)
+    side: int | None = None  # default latent side, when not the family default
 
 
 def _flux_config(guidance_embed: bool) -> dict[str, Any]:
@@ -119,6 +125,20 @@ _SPECS: dict[str, _Spec] = {
     "flux": _Spec(comfy.supported_models.Flux, _flux_config(True), 16, 4096, pooled_dim=768),
     "flux_schnell": _Spec(
         comfy.supported_models.FluxSchnell, _flux_config(False), 16, 4096, pooled_dim=768
+    ),
+    "flux2": _Spec(
+        comfy.supported_models.Flux2,
+        {
+            # Flux.2's detected keys (model_detection.py) at hidden 128: one head of sum(axes_dim),
+            # modulation computed once for all blocks, no pooled vector, 1x1 patches of 128
+            # channels; the text width of Flux.2 Klein 4B (three Qwen3-4B layers).
+            "image_model": "flux2", "in_channels": 128, "out_channels": 128, "vec_in_dim": None,
+            "context_in_dim": 7680, "hidden_size": 128, "mlp_ratio": 3.0, "num_heads": 1,
+            "depth": 2, "depth_single_blocks": 2, "axes_dim": [32, 32, 32, 32], "theta": 2000,
+            "patch_size": 1, "qkv_bias": False, "guidance_embed": True, "global_modulation": True,
+            "mlp_silu_act": True, "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0,
+        },
+        128, 7680, side=8,
     ),
     "wan21_t2v": _Spec(
         comfy.supported_models.WAN21_T2V, _wan_config("t2v", 16, 16), 16, 4096, frames=3
@@ -190,7 +210,7 @@ _SPECS: dict[str, _Spec] = {
 
 def _spec(variant: str) -> _Spec:
     if variant not in _SPECS:
-        known = VARIANTS + EXTRA_VARIANTS
+        known = VARIANTS + MEMBER_VARIANTS + EXTRA_VARIANTS
         raise ValueError(f"unknown tiny model variant {variant!r}; pick one of {known}")
     return _SPECS[variant]
 
@@ -249,6 +269,7 @@ def _declared_fields(diffusion_class: type) -> set[str]:
 # image_model, with the value ComfyUI's own detection (model_detection.py) gives these models.
 _VERSION_FIELDS: dict[str, tuple[type, dict[str, Any]]] = {
     "flux": (comfy.ldm.flux.model.Flux, {"txt_ids_dims": []}),  # Flux.1: no text position ids
+    "flux2": (comfy.ldm.flux.model.Flux, {"txt_ids_dims": [3]}),  # Flux.2: text positions on the 4th axis
     "hunyuan_video": (comfy.ldm.hunyuan_video.model.HunyuanVideo, {"meanflow_sum": False}),  # no vision_in
 }
 
@@ -332,7 +353,7 @@ def latent(
 
     Random rather than zero so ``denoise < 1`` starts from an image; at full denoise flow
     models ignore it. ``size`` is the latent height = width (default 16 for images, 8 for
-    video), ``frames`` the latent frame count of video families (default 3).
+    video, 8 for Flux.2), ``frames`` the latent frame count of video families (default 3).
     Qwen-Image is 5-D ``[B, 16, 1, H, W]``: EmptySD3LatentImage gives 4-D and the KSampler
     node's ``fix_empty_latent_channels`` adds the frame axis, which ``comfy.sample.sample``
     itself does not do.
@@ -345,7 +366,8 @@ def latent(
         raise ValueError(f"{variant!r} is an image model; frames only applies to video variants")
     elif spec.frame_axis:
         shape.append(1)
-    side = size if size is not None else _VIDEO_SIZE if spec.frames is not None else _IMAGE_SIZE
+    default_side = spec.side or (_VIDEO_SIZE if spec.frames is not None else _IMAGE_SIZE)
+    side = size if size is not None else default_side
     shape += [side, side]
     return {"samples": torch.randn(shape, generator=_generator(variant, "latent", seed))}
 

@@ -1,8 +1,9 @@
 """Build workflows/*.json from ComfyUI's official templates: our node on the sampler's MODEL link, plus a note.
 
 Each example starts from the template of ComfyUI's `comfyui-workflow-templates-media-*` packages for
-that model (their wiring and the model file names users download) and changes only this: one
-Apply TeaCache / Apply Cache-DiT node is inserted on every link that brings the MODEL into a
+that model (their wiring and the model file names users download; the releases pinned in
+tools/template-sources.txt, which `make` puts in .host/templates, so every host builds the same files)
+and changes only this: one Apply TeaCache / Apply Cache-DiT node is inserted on every link that brings the MODEL into a
 sampler (after LoRA and ModelSampling nodes), the sampler's column moves right to make room, and a
 note with the recommended settings is added. Run it again after a node gains inputs:
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.resources
 import json
 import sys
 from dataclasses import dataclass, field
@@ -60,12 +60,14 @@ def widget_inputs(node_type: str) -> list[tuple[str, Any]]:
     return widgets
 
 
-def template_path(package: str, template: str) -> Any:
-    return importlib.resources.files(package) / "templates" / template
+SOURCE_TEMPLATES = ROOT / ".host" / "templates"
 
 
 def load_template(package: str, template: str) -> dict[str, Any]:
-    return json.loads(template_path(package, template).read_text(encoding="utf-8"))
+    path = SOURCE_TEMPLATES / package / "templates" / template
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the pinned template packages are missing; `make workflows` installs them")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _shift_right_of(workflow: dict[str, Any], x0: float, rows: tuple[float, float], width: float) -> None:
