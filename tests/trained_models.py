@@ -201,3 +201,29 @@ def sample_data(name: str, classes: torch.Tensor, generator: torch.Generator) ->
             mask = _shape_mask(k % 4, grid[None, :] - cx, grid[:, None] - cy, radius[b])
             out[b, :, f] = backgrounds[k][:, None, None] + mask * colours[k][:, None, None]
     return out if spec.frames is not None else out[:, :, 0]
+
+
+PICTURE_SCALE = 8  # screen pixels per latent pixel
+
+
+def picture(samples: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """A fixture's LATENT samples [B, 16, (frames,) H, W] drawn as an IMAGE [B, H*8, frames*W*8, 3] in 0..1.
+
+    The 16 channels are projected on the three directions that tell the class colours apart
+    most (their principal axes), so each class's shape shows in its own colour; video frames
+    sit side by side. The colour range is the reference's (the uncached result) when given, so
+    pictures of several methods compare one to one, else the picture's own.
+    """
+    rgb = _colour_axes(samples)
+    scale_from = rgb if reference is None else _colour_axes(reference)
+    low, high = scale_from.amin(), scale_from.amax()
+    rgb = ((rgb - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
+    rgb = torch.cat(list(rgb.unbind(1)), dim=2)  # frames side by side: [B, H, frames*W, 3]
+    return rgb.repeat_interleave(PICTURE_SCALE, 1).repeat_interleave(PICTURE_SCALE, 2)
+
+
+def _colour_axes(samples: torch.Tensor) -> torch.Tensor:
+    """[B, frames, H, W, 3]: the samples on the class colours' three principal axes."""
+    axes = torch.linalg.svd(class_colours(), full_matrices=False).Vh[:3]  # [3, CHANNELS]
+    frames = samples if samples.ndim == 5 else samples.unsqueeze(2)
+    return torch.einsum("kc,bcfhw->bfhwk", axes, frames.float())

@@ -26,8 +26,8 @@ FAMILY_VARIANTS: tuple[str, ...] = ("flux", "wan21_t2v", "wan22_5b", "hunyuan_vi
 CFG: dict[str, float] = {"wan21_t2v": 5.0, "wan22_5b": 5.0}
 
 Link = list[Any]  # [node id, output index]
-LOADER, METHOD, POSITIVE, NEGATIVE, LATENT, SAMPLER, SAVE = (
-    "loader", "method", "positive", "negative", "latent", "sampler", "save"
+LOADER, METHOD, POSITIVE, NEGATIVE, LATENT, SAMPLER, SAVE, REPORT, SAVE_REPORT = (
+    "loader", "method", "positive", "negative", "latent", "sampler", "save", "report", "save_report"
 )
 
 
@@ -127,6 +127,43 @@ def graph(
     prefix = f"latents/{variant}_{label}_{uuid.uuid4().hex[:12]}"
     nodes[SAVE] = {"class_type": "SaveLatent", "inputs": {"samples": [SAMPLER, 0], "filename_prefix": prefix}}
     return nodes
+
+
+def fixture_graph(fixture: str, method: Method, *, class_index: int, seed: int, steps: int, cfg: float) -> dict[str, Any]:
+    """One run of a trained fixture (tests/trained_models.py) for `class_index`, the empty prompt as negative.
+
+    With one of our nodes, its Cache report is saved as an image too (SaveImage under output/reports/).
+    """
+    nodes: dict[str, Any] = {LOADER: {"class_type": "DiTCacheTest_TrainedModel", "inputs": {"fixture": fixture}}}
+    model: Link = [LOADER, 0]
+    if method is not None:
+        nodes[METHOD] = method.node(model)
+        model = [METHOD, 0]
+    for node_id, index in ((POSITIVE, class_index), (NEGATIVE, -1)):
+        nodes[node_id] = {"class_type": "DiTCacheTest_TrainedConditioning",
+                          "inputs": {"fixture": fixture, "class_index": index}}
+    nodes[LATENT] = {"class_type": "DiTCacheTest_TrainedLatent", "inputs": {"fixture": fixture}}
+    nodes[SAMPLER] = {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": model, "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
+            "positive": [POSITIVE, 0], "negative": [NEGATIVE, 0], "latent_image": [LATENT, 0], "denoise": 1.0,
+        },
+    }
+    label = method.label if method is not None else "uncached"
+    prefix = f"{fixture}_{label}_{uuid.uuid4().hex[:12]}"
+    nodes[SAVE] = {"class_type": "SaveLatent", "inputs": {"samples": [SAMPLER, 0], "filename_prefix": f"latents/{prefix}"}}
+    if isinstance(method, (TeaCache, CacheDiT)):
+        nodes[REPORT] = {"class_type": "DiTCache_CacheReport", "inputs": {"model": model, "latent": [SAMPLER, 0]}}
+        nodes[SAVE_REPORT] = {"class_type": "SaveImage",
+                              "inputs": {"images": [REPORT, 0], "filename_prefix": f"reports/{prefix}"}}
+    return nodes
+
+
+def saved_report(history: dict[str, Any], output_dir: Path) -> Path:
+    """The Cache report image that a fixture graph's SaveImage node wrote."""
+    (saved,) = history["outputs"][SAVE_REPORT]["images"]
+    return Path(output_dir) / saved["subfolder"] / saved["filename"]
 
 
 def saved_latent(history: dict[str, Any], output_dir: Path) -> torch.Tensor:

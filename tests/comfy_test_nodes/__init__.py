@@ -1,7 +1,7 @@
-"""Test-only ComfyUI nodes: tiny models, conditioning and latents of every DiT family.
+"""Test-only ComfyUI nodes: tiny models, conditioning and latents of every DiT family, and the trained fixtures.
 
-The test server loads this package from its own ``custom_nodes`` folder; the shipped pack
-never registers it. Flux, Qwen-Image and Z-Image must come from ``DiTCacheTest_TinyModel``
+The test server (and the `make run` demo's) loads this package from its own ``custom_nodes``
+folder; the shipped pack never registers it. Flux, Qwen-Image and Z-Image must come from ``DiTCacheTest_TinyModel``
 because ComfyUI cannot detect them from a tiny file; Wan and HunyuanVideo workflows load
 their tiny checkpoints with ComfyUI's own ``UNETLoader``.
 """
@@ -16,6 +16,8 @@ if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)  # tiny_models lives in tests/
 
 import tiny_models
+import torch
+import trained_models
 
 CATEGORY = "DiT Cache/testing"
 _VARIANTS = list(tiny_models.VARIANTS + tiny_models.EXTRA_VARIANTS)
@@ -111,15 +113,96 @@ class ImageToVideo:
         return positive, negative, tiny_models.latent(variant)
 
 
+def _fixture_input() -> tuple[list[str], dict[str, str]]:
+    return (list(trained_models.FIXTURES), {"tooltip": "Which trained fixture (tests/trained_models.py)."})
+
+
+class TrainedModel:
+    """A small trained Flux or Wan (bench/fixtures/): its steps change as a trained model's do, so caches skip."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"fixture": _fixture_input()}}
+
+    def load(self, fixture: str) -> tuple[Any]:
+        key = f"trained-{fixture}"
+        if key not in _MODELS:
+            _MODELS[key] = trained_models.load_model(fixture)
+        return (_MODELS[key],)
+
+
+class TrainedConditioning:
+    """The prompt a fixture was trained on: one of its classes (a shape and colour), or -1 for the empty prompt."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "fixture": _fixture_input(),
+                "class_index": ("INT", {"default": 0, "min": -1, "max": trained_models.CLASSES - 1,
+                                        "tooltip": "The class to draw; -1 = the empty prompt (CFG's negative)."}),
+            }
+        }
+
+    def build(self, fixture: str, class_index: int) -> tuple[list[list[Any]]]:
+        return (trained_models.conditioning(fixture, None if class_index < 0 else class_index),)
+
+
+class TrainedLatent:
+    """An empty LATENT of the shape the fixture was trained on."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"fixture": _fixture_input()}}
+
+    def build(self, fixture: str) -> tuple[dict[str, torch.Tensor]]:
+        return (trained_models.empty_latent(fixture),)
+
+
+class LatentPicture:
+    """A fixture's LATENT drawn as an IMAGE (no VAE exists for it): its channels on the class colours' axes."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "draw"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"samples": ("LATENT",)}}
+
+    def draw(self, samples: dict[str, torch.Tensor]) -> tuple[torch.Tensor]:
+        return (trained_models.picture(samples["samples"]),)
+
+
 NODE_CLASS_MAPPINGS = {
     "DiTCacheTest_TinyModel": TinyModel,
     "DiTCacheTest_Conditioning": Conditioning,
     "DiTCacheTest_Latent": Latent,
     "DiTCacheTest_ImageToVideo": ImageToVideo,
+    "DiTCacheTest_TrainedModel": TrainedModel,
+    "DiTCacheTest_TrainedConditioning": TrainedConditioning,
+    "DiTCacheTest_TrainedLatent": TrainedLatent,
+    "DiTCacheTest_LatentPicture": LatentPicture,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DiTCacheTest_TinyModel": "Tiny DiT Model (test)",
     "DiTCacheTest_Conditioning": "Tiny DiT Conditioning (test)",
     "DiTCacheTest_Latent": "Tiny DiT Latent (test)",
     "DiTCacheTest_ImageToVideo": "Tiny Image to Video (test)",
+    "DiTCacheTest_TrainedModel": "Trained Fixture Model (test)",
+    "DiTCacheTest_TrainedConditioning": "Trained Fixture Prompt (test)",
+    "DiTCacheTest_TrainedLatent": "Trained Fixture Latent (test)",
+    "DiTCacheTest_LatentPicture": "Fixture Latent Picture (test)",
 }
