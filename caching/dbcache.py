@@ -7,19 +7,20 @@ the middle blocks are replaced by their cached residual (or a TaylorSeer extrapo
 last Bn blocks run on top. A steps computation mask (SCM) can force or allow caching by step.
 
 Every gate, its order and the recorded statistics follow cache-dit 1.5.x so that a run decides
-exactly as cache-dit would on the same tensors; tests/test_dbcache_engine.py checks this against
+exactly as cache-dit would on the same tensors; tests/unit/test_dbcache_engine.py checks this against
 cache-dit's own code. Deliberate differences are named where they are made.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from .offload import from_cache, to_cache
+from .records import CallRecord, RunSummary
 
 SCM_PRESETS = ("none", "slow", "medium", "fast", "ultra", "custom")
 SCM_POLICIES = ("dynamic", "static")
@@ -250,7 +251,10 @@ class DBCacheBranch:
     """
 
     def __init__(
-        self, config: DBCacheConfig, total_steps: int, diff: Callable[[torch.Tensor, torch.Tensor], float] = residual_diff
+        self,
+        config: DBCacheConfig,
+        total_steps: int,
+        diff: Callable[[torch.Tensor, torch.Tensor], float] = residual_diff,
     ):
         """`diff` measures the probe's change; calibration passes recorded diffs to replay a run."""
         _check_int("total_steps", total_steps, 1)
@@ -375,3 +379,81 @@ class DBCacheBranch:
             else:
                 raise RuntimeError("DBCacheBranch.approximate() called before any store()")
         return result[0], result[1]
+
+
+def _chunk(tensor: torch.Tensor | None, parts: int, index: int) -> torch.Tensor | None:
+    return tensor.chunk(parts)[index] if tensor is not None else None
+
+
+DiffFor = Callable[[Hashable], Callable[[torch.Tensor, torch.Tensor], float]]
+
+
+@dataclass
+class DBCacheRun:
+    """Decisions and cached streams of one sampling run, per CFG branch: the one place DBCache decides.
+
+    The live hooks and the target-speedup replay (`target_speedup.dbcache_counts`) both run
+    through it. Per call: `decide()`; then, if it computes, `store()` after the middle blocks,
+    else `approximate()` in their place. Tensors passed in hold every branch of the call, in
+    `keys` order along the batch dimension, as ComfyUI batches them.
+    """
+
+    config: DBCacheConfig
+    total_steps: int
+    diff_for: DiffFor = lambda key: residual_diff  # how each branch measures its probe's change
+    branches: dict[Hashable, DBCacheBranch] = field(default_factory=dict)
+    records: list[CallRecord] = field(default_factory=list)
+
+    def _branch(self, key: Hashable) -> DBCacheBranch:
+        if key not in self.branches:
+            self.branches[key] = DBCacheBranch(self.config, self.total_steps, self.diff_for(key))
+        return self.branches[key]
+
+    def decide(
+        self, keys: Sequence[Hashable], fn_residuals: Sequence[torch.Tensor], step: int, may_cache: bool = True
+    ) -> bool:
+        """True when this call must compute its middle blocks.
+
+        Every branch's gates run (each records its diff); one forward carries all its branches,
+        so it caches only when all of them may, and `may_cache` allows it at all.
+        """
+        verdicts = [self._branch(k).can_cache(step, r) for k, r in zip(keys, fn_residuals, strict=True)]
+        cached = all(verdicts) and may_cache
+        if cached:
+            for key in keys:
+                self.branches[key].mark_cached(step)
+        diffs = tuple(self.branches[k].residual_diffs.get(step) for k in keys)
+        self.records.append(CallRecord(step, tuple(keys), diffs, not cached))
+        return not cached
+
+    def store(
+        self,
+        keys: Sequence[Hashable],
+        step: int,
+        fn_residuals: Sequence[torch.Tensor],
+        middle_out: Streams,
+        middle_residual: Streams,
+    ) -> None:
+        """After a computed call's middle blocks: each branch keeps its probe and its slice of the streams."""
+        parts = len(keys)
+        for i, key in enumerate(keys):
+            self._branch(key).store(
+                step,
+                fn_residuals[i],
+                (_chunk(middle_out[0], parts, i), _chunk(middle_out[1], parts, i)),
+                (_chunk(middle_residual[0], parts, i), _chunk(middle_residual[1], parts, i)),
+            )
+
+    def approximate(self, keys: Sequence[Hashable], step: int, middle_in: Streams) -> Streams:
+        """On a cached call: the middle blocks' output per stream, each branch from what it stored."""
+        parts = len(keys)
+        results = [
+            self.branches[key].approximate(step, (_chunk(middle_in[0], parts, i), _chunk(middle_in[1], parts, i)))
+            for i, key in enumerate(keys)
+        ]
+        img = torch.cat([r[0] for r in results])
+        txt = torch.cat([r[1] for r in results]) if middle_in[1] is not None else None
+        return img, txt
+
+    def summary(self) -> RunSummary:
+        return RunSummary(self.total_steps, tuple(self.records))

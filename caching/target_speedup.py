@@ -9,14 +9,14 @@ real run lands is measured in docs/calibration.md.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
 
 from .calibration import CalibrationRun
-from .dbcache import DBCacheBranch, DBCacheConfig
+from .dbcache import DBCacheConfig, DBCacheRun
 from .teacache import TeaCacheConfig, TeaCacheRun
 
 CALIBRATED_FN_BLOCKS = 1  # calibration measures the residual of the first block only
@@ -79,8 +79,8 @@ def dbcache_counts(runs: Sequence[CalibrationRun], config: DBCacheConfig) -> tup
         )
     computed = total = 0
     for run in runs:
-        recorded: dict[int, list[tuple[float, ...]]] = {}  # branch -> recorded diffs of each of its calls
-        branches: dict[int, DBCacheBranch] = {}
+        recorded: dict[Hashable, list[tuple[float, ...]]] = {}  # branch -> recorded diffs of each of its calls
+        replay = DBCacheRun(config, run.total_steps, diff_for=partial(_branch_diff, recorded))
         for call in run.calls:
             if len(call.fn_diffs) != len(call.branches):
                 raise ValueError("these calibration runs have no first-block residual diffs (Cache-DiT)")
@@ -88,19 +88,16 @@ def dbcache_counts(runs: Sequence[CalibrationRun], config: DBCacheConfig) -> tup
             for branch, diffs in zip(call.branches, call.fn_diffs, strict=True):
                 recorded.setdefault(branch, []).append(diffs)
                 probes.append(torch.tensor(len(recorded[branch]) - 1))
-                if branch not in branches:
-                    branches[branch] = DBCacheBranch(config, run.total_steps, partial(_recorded_diff, recorded[branch]))
-            verdicts = [branches[b].can_cache(call.step, p) for b, p in zip(call.branches, probes, strict=True)]
-            if all(verdicts):
-                for branch in call.branches:
-                    branches[branch].mark_cached(call.step)
-            else:
-                stand_in = (torch.zeros(1), None)
-                for branch, probe in zip(call.branches, probes, strict=True):
-                    branches[branch].store(call.step, probe, stand_in, stand_in)
+            if replay.decide(call.branches, probes, call.step):
+                stand_in = (torch.zeros(len(call.branches)), None)  # what the middle left: never read here
+                replay.store(call.branches, call.step, probes, stand_in, stand_in)
                 computed += 1
             total += 1
     return computed, total
+
+
+def _branch_diff(recorded: dict[Hashable, list[tuple[float, ...]]], branch: Hashable) -> Callable[..., float]:
+    return partial(_recorded_diff, recorded[branch])
 
 
 def _recorded_diff(recorded: list[tuple[float, ...]], previous: torch.Tensor, current: torch.Tensor) -> float:
@@ -145,4 +142,3 @@ def dbcache_threshold(runs: Sequence[CalibrationRun], config: DBCacheConfig, tar
     return choose_threshold(
         lambda t: speedup(*dbcache_counts(runs, replace(config, residual_diff_threshold=t))), target, DBCACHE_MAX_THRESH
     )
-

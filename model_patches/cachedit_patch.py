@@ -9,14 +9,13 @@ the approximated state). The decisions are `caching.dbcache`'s, one state per CF
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from ..caching.dbcache import DBCacheBranch, DBCacheConfig
-from ..caching.records import CallRecord, RunSummary, computed_after_all
+from ..caching.dbcache import DBCacheConfig, DBCacheRun
+from ..caching.records import RunSummary, computed_after_all
 from ..caching.schedule import StepSchedule
 from .family import BlockArgs, Family
 from .sampling_hooks import RunBlock, SamplingRun, eager_frame, identity, install
@@ -73,8 +72,7 @@ class CacheDiTSampling(SamplingRun):
         self.crosses_streams = (
             keys[self.config.Fn_compute_blocks][0] in text_kinds and keys[self.middle_end][0] not in text_kinds
         )
-        self.branches: dict[Hashable, DBCacheBranch] = {}
-        self.records: list[CallRecord] = []
+        self.run = DBCacheRun(self.config, schedule.total_steps)
 
     @eager_frame
     def on_block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:
@@ -94,7 +92,7 @@ class CacheDiTSampling(SamplingRun):
                 replayed = self.guarded(self._approximate, kind, args)
                 if replayed is not None:
                     return replayed
-                computed_after_all(self.records, call.keys)  # nothing was skipped yet: the middle computes
+                computed_after_all(self.run.records, call.keys)  # nothing was skipped yet: the middle computes
                 call.reuse = False
             self.guarded(self._keep_middle_input, kind, args)
         if call.reuse:
@@ -117,25 +115,14 @@ class CacheDiTSampling(SamplingRun):
             return img.clone(), txt.clone() if txt is not None else None
         return img, txt
 
-    def _branch(self, key: Hashable) -> DBCacheBranch:
-        if key not in self.branches:
-            self.branches[key] = DBCacheBranch(self.config, self.schedule.total_steps)
-        return self.branches[key]
-
     def _decide(self, kind: str, out: BlockArgs) -> None:
         call = self.call
         fn_residual = self.image_tokens(kind, out["img"]) - call.stack_input
         call.stack_input = None
         call.fn_residuals = list(fn_residual.chunk(len(call.keys)))
-        verdicts = [self._branch(k).can_cache(call.step, r) for k, r in zip(call.keys, call.fn_residuals, strict=True)]
-        # One forward carries every branch in it: it caches only when all of them may.
-        use_cache = all(verdicts) and not call.between_blocks
-        if use_cache:
-            for key in call.keys:
-                self.branches[key].mark_cached(call.step)
-        diffs = tuple(self.branches[k].residual_diffs.get(call.step) for k in call.keys)
-        self.records.append(CallRecord(call.step, call.keys, diffs, not use_cache))
-        call.reuse = use_cache
+        # Never replay what acts between blocks (ControlNet, block patches): it is not the model's own.
+        computes = self.run.decide(call.keys, call.fn_residuals, call.step, may_cache=not call.between_blocks)
+        call.reuse = not computes
 
     def _store(self, kind: str, out: BlockArgs) -> None:
         call = self.call
@@ -148,14 +135,7 @@ class CacheDiTSampling(SamplingRun):
         if not self.config.caches_residual:  # kept as is: a later block may update it in place
             out_img = out_img.clone()
             out_txt = out_txt.clone() if out_txt is not None else None
-        parts = len(call.keys)
-        for i, key in enumerate(call.keys):
-            self.branches[key].store(
-                call.step,
-                call.fn_residuals[i],
-                (_chunk(out_img, parts, i), _chunk(out_txt, parts, i)),
-                (_chunk(residual_img, parts, i), _chunk(residual_txt, parts, i)),
-            )
+        self.run.store(call.keys, call.step, call.fn_residuals, (out_img, out_txt), (residual_img, residual_txt))
         call.middle_input = None
         call.fn_residuals = []
 
@@ -168,13 +148,9 @@ class CacheDiTSampling(SamplingRun):
         img, txt = self._streams(kind, args)
         joint = self.crosses_streams
         streams = (self.joint(img, txt), None) if joint else (img, txt)
-        parts = len(call.keys)
-        approximations = [
-            self.branches[key].approximate(call.step, tuple(_chunk(t, parts, i) for t in streams))
-            for i, key in enumerate(call.keys)
-        ]
-        new_img = torch.cat([a[0] for a in approximations]).to(img.dtype)
-        new_txt = torch.cat([a[1] for a in approximations]).to(txt.dtype) if txt is not None and not joint else None
+        new_img, new_txt = self.run.approximate(call.keys, call.step, streams)
+        new_img = new_img.to(img.dtype)
+        new_txt = new_txt.to(txt.dtype) if new_txt is not None else None
         if joint:
             new_img, new_txt = self.split(new_img)
         out = identity(args)
@@ -184,9 +160,9 @@ class CacheDiTSampling(SamplingRun):
         return out
 
     def finish(self) -> None:
-        summary = RunSummary(self.schedule.total_steps, tuple(self.records), disabled=self.failure)
+        summary = replace(self.run.summary(), disabled=self.failure)
         self.patch.last_run = summary
-        self.branches.clear()  # drop cached tensors
+        self.run = DBCacheRun(self.config, self.schedule.total_steps)  # drop cached tensors
         if summary.calls == 0:
             logger.warning(
                 "Cache-DiT [%s]: the model's block loop was never reached, nothing was cached", self.family.name
@@ -194,7 +170,7 @@ class CacheDiTSampling(SamplingRun):
             return
         cached_calls = summary.calls - summary.calls_computed
         middle = self.blocks - self.config.Fn_compute_blocks - self.config.Bn_compute_blocks
-        diffs = [d for r in self.records for d in r.rel_l1 if d is not None and d > 0]
+        diffs = [d for r in summary.records for d in r.rel_l1 if d is not None and d > 0]
         diff_text = (
             f"residual diff min {min(diffs):.3f} / mean {sum(diffs) / len(diffs):.3f} / max {max(diffs):.3f}"
             if diffs
@@ -212,10 +188,6 @@ class CacheDiTSampling(SamplingRun):
             summary.calls * self.blocks,
             diff_text,
         )
-
-
-def _chunk(tensor: torch.Tensor | None, parts: int, index: int) -> torch.Tensor | None:
-    return tensor.chunk(parts)[index] if tensor is not None else None
 
 
 def apply_cachedit(model: Any, family: Family, config: DBCacheConfig) -> Any:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ import pytest
 import tiny_models as tm
 import torch
 from dit_cache.caching import report_images as ri
-from dit_cache.caching.calibration import samples
+from dit_cache.caching.calibration import FN_LOOKBACK, CalibrationCall, CalibrationRun, samples
+from dit_cache.caching.target_speedup import dbcache_counts
 from dit_cache.caching.user_presets import PresetFileError, load
 from dit_cache.nodes.cachedit_node import ApplyCacheDiT
 from dit_cache.nodes.calibration_node import CalibrateTeaCache, CalibrationReport
@@ -160,6 +162,53 @@ def test_cachedit_target_speedup_from_a_calibration(models) -> None:
     achieved = run.calls / run.calls_computed
     assert achieved >= 1.6 - 0.25  # the replay compares Fn residuals of the uncached run: close, not exact
     assert "missing.json" in ApplyCacheDiT.VALIDATE_INPUTS(calibration="user:missing")
+
+
+def _recorded(summary: Any) -> CalibrationRun:
+    """A live Cache-DiT run's record as a calibration run: each branch's diff where the replay will look it up.
+
+    The live gate compared each call's probe with the one its branch stored last (at its last
+    computed call), so that is where the diff goes; the other look-backs were never measured.
+    """
+    calls, count, stored = [], {}, {}
+    for record in summary.records:
+        fn_diffs = []
+        for branch, diff in zip(record.branches, record.rel_l1, strict=True):
+            index = count.get(branch, 0)
+            back = index - stored.get(branch, index)
+            diffs = [math.inf] * FN_LOOKBACK
+            if diff is not None and 0 < back <= FN_LOOKBACK:
+                diffs[back - 1] = diff
+            fn_diffs.append(tuple(diffs))
+            count[branch] = index + 1
+            if record.computed:
+                stored[branch] = index
+        none = (None,) * len(record.branches)
+        calls.append(CalibrationCall(record.step, 1.0, record.branches, none, none, tuple(fn_diffs)))
+    return CalibrationRun(summary.total_steps, tuple(calls))
+
+
+def test_the_target_speedup_replay_decides_as_the_live_run_on_its_own_record(models) -> None:
+    """One decision site: replaying a live run's recorded diffs through dbcache_counts gives its decisions.
+
+    Wan at cfg 5 with both CFG branches in one call, so the all-branches rule is in play.
+    """
+    model = models["wan21_t2v"]
+    settings = {"max_warmup_steps": 1, "max_continuous_cached_steps": 2}
+    (probe,) = ApplyCacheDiT().apply(model, residual_diff_threshold=0.999, **settings)
+    sample(probe, "wan21_t2v", cfg=5.0)
+    diffs = sorted(d for r in probe.model_options["transformer_options"]["dit_cache.cachedit"].last_run.records
+                   for d in r.rel_l1 if d is not None)
+    (patched,) = ApplyCacheDiT().apply(model, residual_diff_threshold=diffs[len(diffs) // 2], **settings)
+    patch = patched.model_options["transformer_options"]["dit_cache.cachedit"]
+    sample(patched, "wan21_t2v", cfg=5.0)
+    live = patch.last_run
+    assert {len(r.branches) for r in live.records} == {2} and 0 < live.calls_computed < live.calls
+    threshold = patch.config.residual_diff_threshold
+    split = [r for r in live.records if any(d is not None and 0 <= d < threshold for d in r.rel_l1)
+             and any(d is not None and d >= threshold for d in r.rel_l1)]
+    assert split and all(r.computed for r in split)  # one branch alone would have cached: all must agree
+    assert dbcache_counts([_recorded(live)], patch.config) == (live.calls_computed, live.calls)
 
 
 def test_malformed_preset_names_the_file(models) -> None:

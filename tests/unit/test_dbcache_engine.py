@@ -569,7 +569,7 @@ def test_steps_mask_off_without_preset_and_below_8_steps() -> None:
 
 def test_imports_without_cache_dit_and_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "cache_dit", None)
-    path = Path(__file__).resolve().parent.parent / "caching" / "dbcache.py"
+    path = Path(__file__).resolve().parents[2] / "caching" / "dbcache.py"
     spec = importlib.util.spec_from_file_location("dbcache_without_cache_dit", path)
     module = importlib.util.module_from_spec(spec)
     module.__package__ = "dit_cache.caching"  # its relative imports (caching.offload) resolve in the pack
