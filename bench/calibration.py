@@ -46,6 +46,7 @@ from dit_cache.nodes.presets import presets_directory
 from dit_cache.nodes.teacache_node import ApplyTeaCache
 from metrics import psnr
 from PIL import Image
+from runs import patch_of
 
 
 @dataclass(frozen=True)
@@ -89,11 +90,11 @@ def r2(coefficients: tuple[float, ...], x: np.ndarray, y: np.ndarray) -> float:
 def run_teacache(model: Any, setting: Setting, preset: str, thresh: float, coefficients: str, target: float,
                  references: list[torch.Tensor]) -> dict[str, float]:
     (patched,) = ApplyTeaCache().apply(model, preset, thresh, 0.0, 1.0, "main_device", coefficients, target)
-    return measure(patched, "dit_cache.teacache", setting, references)
+    return measure(patched, "teacache", setting, references)
 
 
-def measure(patched: Any, key: str, setting: Setting, references: list[torch.Tensor]) -> dict[str, float]:
-    patch = patched.model_options["transformer_options"][key]
+def measure(patched: Any, method: str, setting: Setting, references: list[torch.Tensor]) -> dict[str, float]:
+    patch = patch_of(patched, method)
     calls = computed = 0
     scores = []
     for (class_index, seed), reference in zip(prompts(HELD_OUT_SEEDS), references, strict=True):
@@ -101,7 +102,7 @@ def measure(patched: Any, key: str, setting: Setting, references: list[torch.Ten
         calls += patch.last_run.calls
         computed += patch.last_run.calls_computed
         scores.append(psnr(result, reference))
-    threshold = patch.config.rel_l1_thresh if key == "dit_cache.teacache" else patch.config.residual_diff_threshold
+    threshold = patch.config.rel_l1_thresh if method == "teacache" else patch.config.residual_diff_threshold
     return {"threshold": threshold, "speedup": calls / computed, "psnr": float(np.mean(scores)),
             "psnr_min": float(np.min(scores))}
 
@@ -161,7 +162,7 @@ def fixture_section(setting: Setting, docs: Path) -> list[str]:
     ]
     for target in (1.5, 2.0):
         (cached,) = ApplyCacheDiT().apply(model, target_speedup=target, calibration=f"user:{name}")
-        row = measure(cached, "dit_cache.cachedit", setting, references)
+        row = measure(cached, "cachedit", setting, references)
         predicted = dbcache_threshold(user.runs, DBCacheConfig(), target).predicted  # the node's own defaults
         lines.append(f"| {target:g}x | {row['threshold']:.4g} | {predicted:.2f}x | {row['speedup']:.2f}x "
                      f"| {row['psnr']:.1f} dB | {row['psnr_min']:.1f} dB |")

@@ -193,4 +193,4 @@ class CacheDiTSampling(SamplingRun):
 def apply_cachedit(model: Any, family: Family, config: DBCacheConfig) -> Any:
     """A clone of `model` that runs Cache-DiT while sampling."""
     check_block_split(config, family, model.get_model_object("diffusion_model"))
-    return install(model, CacheDiTPatch(config, family), family)
+    return install(model, CacheDiTPatch(config, family))

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..caching.calibration import FN_LOOKBACK, CalibrationCall, CalibrationRun
+from ..caching.records import RunSummary
 from ..caching.schedule import StepSchedule
 from ..caching.teacache import relative_l1
 from ..caching.teacache_presets import TeaCachePreset
@@ -40,6 +41,7 @@ class CalibrationPatch:
     model: str = ""
     last_preset: UserPreset | None = field(default=None, compare=False)
     last_error: str | None = field(default=None, compare=False)
+    last_run: RunSummary | None = field(default=None, compare=False)  # set only when the run was off
 
     method = "Calibrate TeaCache"
     key = "dit_cache.calibration"
@@ -161,4 +163,4 @@ class CalibrationSampling(SamplingRun):
 
 def apply_calibration(model: Any, patch: CalibrationPatch) -> Any:
     """A clone of `model` that records calibration data while sampling (and skips nothing)."""
-    return install(model, patch, patch.family)
+    return install(model, patch)

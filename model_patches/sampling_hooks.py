@@ -24,7 +24,7 @@ import logging
 import threading
 from collections.abc import Callable
 from functools import lru_cache, partial
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import comfy.patcher_extension
 import torch
@@ -44,6 +44,29 @@ OTHER_CACHES = {"easycache": "EasyCache / LazyCache"}
 
 eager = torch.compiler.disable  # a frame that torch.compile never traces (nor anything it calls)
 eager_frame = partial(torch.compiler.disable, recursive=False)  # skipped itself; what it calls still compiles
+
+
+class CachePatch(Protocol):
+    """What a method's node leaves in the MODEL's transformer_options, and how it starts each sampling run."""
+
+    key: ClassVar[str]  # where it sits in transformer_options; also its wrappers' key
+    run_key: ClassVar[str]  # where a sampling run's state sits while the run lasts
+    method: ClassVar[str]  # its name in logs and warnings
+    family: Family
+    last_run: RunSummary | None  # what the latest sampling run did (or why the method was off)
+
+    def start_run(self, guider: Any, sigmas: torch.Tensor) -> SamplingRun | None:
+        """The run's state, or None when the method is off for this run."""
+        ...
+
+
+Patch = TypeVar("Patch", bound=CachePatch)
+
+
+def installed(model: Any, patch_type: type[Patch]) -> Patch | None:
+    """The patch of this type that a node put on this MODEL (ModelPatcher), if any."""
+    patch = model.model_options.get("transformer_options", {}).get(patch_type.key)
+    return patch if isinstance(patch, patch_type) else None
 
 
 class LayoutMismatch(RuntimeError):
@@ -309,7 +332,7 @@ def _outer_sample_wrapper(patch_key: str, executor: Any, *args: Any, **kwargs: A
         run.finish()
 
 
-def _start_run(patch: Any, guider: Any, sigmas: torch.Tensor) -> SamplingRun | None:
+def _start_run(patch: CachePatch, guider: Any, sigmas: torch.Tensor) -> SamplingRun | None:
     """The method's run, or None (with one warning) where caching could not be exact about what it skips."""
     reason = _conflict(patch, guider)
     if reason is not None:
@@ -319,7 +342,7 @@ def _start_run(patch: Any, guider: Any, sigmas: torch.Tensor) -> SamplingRun | N
     return patch.start_run(guider, sigmas)
 
 
-def _conflict(patch: Any, guider: Any) -> str | None:
+def _conflict(patch: CachePatch, guider: Any) -> str | None:
     """Why this run must not cache: another whole-model cache, or a block whose hook is no longer ours."""
     options = guider.model_options.get("transformer_options", {})
     others = [name for key, name in OTHER_CACHES.items() if key in options]
@@ -335,7 +358,7 @@ def _conflict(patch: Any, guider: Any) -> str | None:
     return None
 
 
-def _replace_earlier(patched: Any, options: dict, patch: Any) -> None:
+def _replace_earlier(patched: Any, options: dict, patch: CachePatch) -> None:
     """One of our methods per model: applying one removes any applied before it, with one warning.
 
     Two methods on one model would skip on top of each other's skipped blocks.
@@ -352,8 +375,9 @@ def _replace_earlier(patched: Any, options: dict, patch: Any) -> None:
             patched.remove_wrappers_with_key(wrapper_type, key)
 
 
-def install(model: Any, patch: Any, family: Family) -> Any:
+def install(model: Any, patch: CachePatch) -> Any:
     """A clone of `model` with `patch` (a method's holder) wired into sampling."""
+    family = patch.family
     patched = model.clone()
     options = patched.model_options.setdefault("transformer_options", {})
     _replace_earlier(patched, options, patch)

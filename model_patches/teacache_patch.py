@@ -138,4 +138,4 @@ class TeaCacheSampling(SamplingRun):
 
 def apply_teacache(model: Any, family: Family, preset: TeaCachePreset, config: TeaCacheConfig) -> Any:
     """A clone of `model` that runs TeaCache while sampling."""
-    return install(model, TeaCachePatch(config, family, preset), family)
+    return install(model, TeaCachePatch(config, family, preset))

@@ -17,8 +17,6 @@ from .presets import presets_directory
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_KEY = "dit_cache.calibration"
-
 
 def image_batch(*images: Any) -> torch.Tensor:
     """Pillow images of equal size as ComfyUI's IMAGE: float [B, H, W, C] in 0..1."""
@@ -84,6 +82,7 @@ class CalibrateTeaCache:
         family = detect_or_warn(model, "Calibrate TeaCache")
         if family is None:
             return (model,)
+        # Imported here: the patching code needs ComfyUI's patching API, which loading the pack must not.
         from ..model_patches.calibration_patch import CalibrationPatch, apply_calibration
 
         base = PRESETS[family.auto_preset(model) if model_type == "auto" else model_type]
@@ -114,7 +113,10 @@ class CalibrationReport:
         }
 
     def report(self, model: Any, latent: Any) -> tuple[torch.Tensor, str]:
-        patch = model.model_options.get("transformer_options", {}).get(CALIBRATION_KEY)
+        from ..model_patches.calibration_patch import CalibrationPatch
+        from ..model_patches.sampling_hooks import installed
+
+        patch = installed(model, CalibrationPatch)
         if patch is None:
             raise ValueError("TeaCache calibration report: this MODEL does not come from Calibrate TeaCache")
         user = patch.last_preset

@@ -11,22 +11,20 @@ from PIL import Image
 from ..caching.report_images import render_report, report_data
 from .calibration_node import image_batch
 
-# transformer_options key of each method's patch -> (name, the config's threshold attribute)
-METHODS = {
-    "dit_cache.teacache": ("TeaCache", "rel_l1_thresh"),
-    "dit_cache.cachedit": ("Cache-DiT", "residual_diff_threshold"),
-}
-
 
 def run_reports(model: Any) -> list[dict]:
     """The report data of every caching method on this MODEL that has finished a run."""
-    options = model.model_options.get("transformer_options", {})
+    # Imported here: the patching code needs ComfyUI's patching API, which loading the pack must not.
+    from ..model_patches.cachedit_patch import CacheDiTPatch
+    from ..model_patches.sampling_hooks import installed
+    from ..model_patches.teacache_patch import TeaCachePatch
+
     reports = []
-    for key, (method, threshold) in METHODS.items():
-        patch = options.get(key)
+    for patch_type, threshold in ((TeaCachePatch, "rel_l1_thresh"), (CacheDiTPatch, "residual_diff_threshold")):
+        patch = installed(model, patch_type)
         if patch is not None and patch.last_run is not None:
             config = patch.config
-            reports.append(report_data(patch.last_run, method, config.tag(), getattr(config, threshold)))
+            reports.append(report_data(patch.last_run, patch.method, config.tag(), getattr(config, threshold)))
     return reports
 
 

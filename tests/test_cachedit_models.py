@@ -6,12 +6,12 @@ from typing import Any, Self
 
 import comfy.sample
 import pytest
+import runs
 import tiny_models as tm
 import torch
 from dit_cache.nodes.cachedit_node import ApplyCacheDiT
 
 STEPS = 10
-PATCH_KEY = "dit_cache.cachedit"
 ALL = ["flux", "flux_schnell", "wan21_t2v", "wan21_i2v", "wan22_5b", "hunyuan_video", "qwen_image", "z_image"]
 # Where each family's block list lives, in execution order (module paths on the diffusion model).
 BLOCK_LISTS = {
@@ -43,7 +43,7 @@ def cachedit(model: Any, **settings: Any) -> Any:
 
 
 def last_run(patched: Any) -> Any:
-    return patched.model_options["transformer_options"][PATCH_KEY].last_run
+    return runs.last_run(patched, "cachedit")
 
 
 def blocks(model: Any, variant: str) -> list[torch.nn.Module]:

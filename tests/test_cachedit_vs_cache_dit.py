@@ -43,6 +43,7 @@ import pytest
 import tiny_models as tm
 import torch
 from dit_cache.nodes.cachedit_node import ApplyCacheDiT
+from runs import last_run
 
 cache_dit = pytest.importorskip("cache_dit")
 diffusers = pytest.importorskip("diffusers")
@@ -50,7 +51,6 @@ from cache_dit import DBCacheConfig as CacheDitConfig
 from cache_dit import TaylorSeerCalibratorConfig
 from cache_dit.envs import ENV as CACHE_DIT_ENV
 
-PATCH_KEY = "dit_cache.cachedit"
 OUTPUT_TOL = 2e-5  # of the tensor's max magnitude; see the module docstring
 DIFF_RTOL = 1e-4
 THRESHOLD_MARGIN = 2e-3  # a measured diff must differ from the threshold by this much (relative)
@@ -452,7 +452,7 @@ def test_same_decisions_and_outputs_as_cache_dit(setups, case: Case) -> None:
     (patched,) = ApplyCacheDiT().apply(setup.model, **case.node_inputs())
     assert patched is not setup.model
     latent, outputs = sample_comfy(setup, patched, case.steps)
-    records = patched.model_options["transformer_options"][PATCH_KEY].last_run.records
+    records = last_run(patched, "cachedit").records
     assert [r.step for r in records] == list(range(case.steps)), "one model call per step, in order"
     our_cached = [r.step for r in records if not r.computed]
     our_diffs = {r.step: r.rel_l1[0] for r in records if r.rel_l1[0] is not None}

@@ -18,12 +18,15 @@ from dit_cache.caching import report_images as ri
 from dit_cache.caching.calibration import FN_LOOKBACK, CalibrationCall, CalibrationRun, samples
 from dit_cache.caching.target_speedup import dbcache_counts
 from dit_cache.caching.user_presets import PresetFileError, load
+from dit_cache.model_patches.calibration_patch import CalibrationPatch
+from dit_cache.model_patches.sampling_hooks import installed
 from dit_cache.nodes.cachedit_node import ApplyCacheDiT
 from dit_cache.nodes.calibration_node import CalibrateTeaCache, CalibrationReport
 from dit_cache.nodes.presets import presets_directory
 from dit_cache.nodes.report_node import CacheReport
 from dit_cache.nodes.teacache_node import ApplyTeaCache
 from probes import ModelProbe, relative_l1
+from runs import patch_of
 
 STEPS = 8
 
@@ -120,7 +123,7 @@ def test_apply_teacache_lists_and_uses_a_calibrated_preset(models, caplog) -> No
     assert "target_speedup" in ApplyTeaCache.VALIDATE_INPUTS("auto", 0.2, 0.0, 1.0, "main_device", "", 0.5)
     user = load(presets_directory() / "wan_tiny.json")
     (patched,) = ApplyTeaCache().apply(model, "user:wan_tiny", 0.3, 0.0, 1.0, "main_device")
-    config = patched.model_options["transformer_options"]["dit_cache.teacache"].config
+    config = patch_of(patched, "teacache").config
     assert config.coefficients == user.preset.coefficients and config.rel_l1_thresh == 0.3
 
 
@@ -129,7 +132,7 @@ def test_target_speedup_lands_on_the_replayed_prediction(models) -> None:
     model = models["wan21_t2v"]
     sample(calibrate(model, "target"), "wan21_t2v")
     (patched,) = ApplyTeaCache().apply(model, "user:target", 0.0, 0.0, 1.0, "main_device", "", 2.0)
-    patch = patched.model_options["transformer_options"]["dit_cache.teacache"]
+    patch = patch_of(patched, "teacache")
     sample(patched, "wan21_t2v")
     run = patch.last_run
     assert patch.config.rel_l1_thresh > 0
@@ -137,16 +140,16 @@ def test_target_speedup_lands_on_the_replayed_prediction(models) -> None:
     # The smallest such threshold: a hair lower no longer reaches the target on the same run.
     (lower,) = ApplyTeaCache().apply(model, "user:target", patch.config.rel_l1_thresh * 0.999, 0.0, 1.0, "main_device")
     sample(lower, "wan21_t2v")
-    lower_run = lower.model_options["transformer_options"]["dit_cache.teacache"].last_run
+    lower_run = patch_of(lower, "teacache").last_run
     assert lower_run.calls / lower_run.calls_computed < 2.0
 
 
 def test_target_without_calibration_says_so_and_uses_the_recommended_threshold(models, caplog) -> None:
     (patched,) = ApplyTeaCache().apply(models["flux"], "flux", 0.1, 0.0, 1.0, "main_device", "", 2.0)
-    assert patched.model_options["transformer_options"]["dit_cache.teacache"].config.rel_l1_thresh == 0.4
+    assert patch_of(patched, "teacache").config.rel_l1_thresh == 0.4
     assert "has no calibration runs" in caplog.text
     (cached,) = ApplyCacheDiT().apply(models["flux"], target_speedup=2.0, residual_diff_threshold=0.3)
-    assert cached.model_options["transformer_options"]["dit_cache.cachedit"].config.residual_diff_threshold == 0.3
+    assert patch_of(cached, "cachedit").config.residual_diff_threshold == 0.3
     assert "no calibration is chosen" in caplog.text
 
 
@@ -155,7 +158,7 @@ def test_cachedit_target_speedup_from_a_calibration(models) -> None:
     sample(calibrate(model, "dbc"), "wan21_t2v")
     settings = {"max_warmup_steps": 2, "max_continuous_cached_steps": 2}
     (patched,) = ApplyCacheDiT().apply(model, target_speedup=1.6, calibration="user:dbc", **settings)
-    patch = patched.model_options["transformer_options"]["dit_cache.cachedit"]
+    patch = patch_of(patched, "cachedit")
     assert 0 < patch.config.residual_diff_threshold < 1
     sample(patched, "wan21_t2v")
     run = patch.last_run
@@ -197,10 +200,10 @@ def test_the_target_speedup_replay_decides_as_the_live_run_on_its_own_record(mod
     settings = {"max_warmup_steps": 1, "max_continuous_cached_steps": 2}
     (probe,) = ApplyCacheDiT().apply(model, residual_diff_threshold=0.999, **settings)
     sample(probe, "wan21_t2v", cfg=5.0)
-    diffs = sorted(d for r in probe.model_options["transformer_options"]["dit_cache.cachedit"].last_run.records
+    diffs = sorted(d for r in patch_of(probe, "cachedit").last_run.records
                    for d in r.rel_l1 if d is not None)
     (patched,) = ApplyCacheDiT().apply(model, residual_diff_threshold=diffs[len(diffs) // 2], **settings)
-    patch = patched.model_options["transformer_options"]["dit_cache.cachedit"]
+    patch = patch_of(patched, "cachedit")
     sample(patched, "wan21_t2v", cfg=5.0)
     live = patch.last_run
     assert {len(r.branches) for r in live.records} == {2} and 0 < live.calls_computed < live.calls
@@ -229,7 +232,7 @@ def test_cache_report_shows_the_runs_timeline_signal_and_totals(models) -> None:
     latent = {"samples": sample(patched, "wan21_t2v")}
     image, text = CacheReport().report(patched, latent)
     (data,) = json.loads(text)["runs"]
-    run = patched.model_options["transformer_options"]["dit_cache.teacache"].last_run
+    run = patch_of(patched, "teacache").last_run
     assert [c["computed"] for c in data["per_call"]] == [r.computed for r in run.records]
     assert data["calls_computed"] == run.calls_computed and data["threshold"] == 1.0
     assert False in [r.computed for r in run.records]
@@ -266,7 +269,7 @@ def test_calibration_report_plots_the_samples_and_the_curve(models) -> None:
 def test_a_failure_while_observing_never_changes_the_image_and_saves_nothing(models, caplog) -> None:
     model = models["flux"]
     patched = calibrate(model, "failing")
-    patch = patched.model_options["transformer_options"]["dit_cache.calibration"]
+    patch = installed(patched, CalibrationPatch)
 
     def broken(*args: Any) -> torch.Tensor:
         raise RuntimeError("indicator exploded")

@@ -32,13 +32,13 @@ from dit_cache.caching.teacache import TeaCacheRun
 from dit_cache.nodes.cachedit_node import ApplyCacheDiT
 from dit_cache.nodes.teacache_node import ApplyTeaCache
 from probes import replay_rule
+from runs import PATCHES, last_run
 
 import nodes
 
 STEPS = 8
 IDENTITY = "1, 0"  # TeaCache's rescale(x) = x: thresholds read directly as accumulated relative L1
-KEYS = {"teacache": "dit_cache.teacache", "cachedit": "dit_cache.cachedit"}
-METHODS = list(KEYS)
+METHODS = list(PATCHES)
 FAMILIES = ("flux", "wan21_t2v", "hunyuan_video", "qwen_image", "z_image")  # one variant of each family
 
 
@@ -86,10 +86,6 @@ APPLY: dict[str, Callable[..., Any]] = {"teacache": teacache, "cachedit": cached
 def exact(method: str, model: Any) -> Any:
     """The method with caching off: must be bit-identical to the model it patches."""
     return APPLY[method](model, 0.0)
-
-
-def last_run(patched: Any, method: str) -> Any:
-    return patched.model_options["transformer_options"][KEYS[method]].last_run
 
 
 def warnings_with(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
@@ -278,8 +274,8 @@ def test_the_later_of_our_nodes_replaces_the_earlier_with_one_warning(models, fi
         both = APPLY[second](APPLY[first](model))
     assert len(warnings_with(caplog, "replaces the")) == 1
     options = both.model_options["transformer_options"]
-    assert KEYS[first] not in options and KEYS[second] in options
-    assert all(KEYS[first] not in both.wrappers.get(kind, {}) for kind in ("outer_sample", "diffusion_model"))
+    assert PATCHES[first].key not in options and PATCHES[second].key in options
+    assert all(PATCHES[first].key not in both.wrappers.get(kind, {}) for kind in ("outer_sample", "diffusion_model"))
     assert torch.equal(sample(both, "flux"), sample(APPLY[second](model), "flux"))
     assert last_run(both, second).skipped_steps
 
@@ -384,7 +380,7 @@ def test_an_interrupted_run_leaves_nothing_behind(models, method) -> None:
         sample(patched, "flux", callback=interrupt_at(4))
     run = last_run(patched, method)
     assert {r.step for r in run.records} == set(range(5)) and run.skipped_steps  # finished at the interrupt
-    assert KEYS[method] + ".run" not in patched.model_options["transformer_options"]
+    assert PATCHES[method].run_key not in patched.model_options["transformer_options"]
     gc.collect()
     assert stored.refs and stored.alive() == 0  # even while the traceback keeps the run's frames
     assert interrupted.traceback is not None

@@ -25,9 +25,9 @@ import torch
 from comfy.patcher_extension import WrappersMP
 from dit_cache.nodes.cachedit_node import ApplyCacheDiT
 from dit_cache.nodes.teacache_node import ApplyTeaCache
+from runs import PATCHES, last_run
 
 STEPS = 8
-KEYS = {"teacache": "dit_cache.teacache", "cachedit": "dit_cache.cachedit"}
 JOINT_VARIANTS = ("flux", "hunyuan_video")
 
 
@@ -43,10 +43,6 @@ def apply(method: str, model: Any) -> Any:
         return ApplyTeaCache().apply(model, "auto", 100.0, 0.0, 1.0, "main_device", "1, 0")[0]
     return ApplyCacheDiT().apply(model, residual_diff_threshold=1.0, max_warmup_steps=2,
                                  max_continuous_cached_steps=-1)[0]
-
-
-def last_run(patched: Any, method: str) -> Any:
-    return patched.model_options["transformer_options"][KEYS[method]].last_run
 
 
 def sample(model: Any, variant: str, cfg: float = 1.0, lengths: tuple[int, int] = (8, 8)) -> torch.Tensor:
@@ -76,7 +72,7 @@ class _RolledJoint:
 
 
 @pytest.mark.parametrize("variant", JOINT_VARIANTS)
-@pytest.mark.parametrize("method", list(KEYS))
+@pytest.mark.parametrize("method", list(PATCHES))
 def test_an_unknown_joint_layout_turns_caching_off_instead_of_corrupting(models, variant, method, monkeypatch,
                                                                           caplog) -> None:
     model = models[variant]
@@ -94,7 +90,7 @@ def test_an_unknown_joint_layout_turns_caching_off_instead_of_corrupting(models,
 
 
 @pytest.mark.parametrize("variant", JOINT_VARIANTS)
-@pytest.mark.parametrize("method", list(KEYS))
+@pytest.mark.parametrize("method", list(PATCHES))
 def test_the_joint_layout_is_verified_once_per_run_and_caching_goes_on(models, variant, method) -> None:
     patched = apply(method, models[variant])
     checks = {"made": 0, "calls": 0}

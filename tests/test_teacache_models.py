@@ -8,6 +8,7 @@ from typing import Any
 
 import comfy.sample
 import pytest
+import runs
 import tiny_models as tm
 import torch
 from dit_cache.nodes.teacache_node import ApplyTeaCache
@@ -20,7 +21,7 @@ FAMILY = {
     "wan22_high": "wan", "hunyuan_video": "hunyuan_video", "qwen_image": "qwen_image", "z_image": "z_image",
 }
 ALL = list(FAMILY)
-PATCH_KEY = "dit_cache.teacache"
+PATCH_KEY = runs.PATCHES["teacache"].key
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def teacache(model: Any, thresh: float, coefficients: str = IDENTITY, model_type
 
 
 def last_run(patched: Any) -> Any:
-    return patched.model_options["transformer_options"][PATCH_KEY].last_run
+    return runs.last_run(patched, "teacache")
 
 
 def skipping_threshold(records: list[Any]) -> float:
@@ -173,7 +174,7 @@ def test_cache_on_cpu_gives_the_same_result(models) -> None:
     on_main = sample(teacache(model, 1.2), "wan21_t2v")
     on_cpu = teacache(model, 1.2, device="cpu")
     assert torch.equal(sample(on_cpu, "wan21_t2v"), on_main)
-    assert on_cpu.model_options["transformer_options"][PATCH_KEY].config.offload_device == "cpu"
+    assert runs.patch_of(on_cpu, "teacache").config.offload_device == "cpu"
 
 
 def test_wan22_experts_are_patched_independently_in_a_split_schedule(models) -> None:

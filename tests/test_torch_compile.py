@@ -21,6 +21,7 @@ from dit_cache.caching.dbcache import DBCacheBranch
 from dit_cache.caching.teacache import TeaCacheRun
 from dit_cache.nodes.cachedit_node import ApplyCacheDiT
 from dit_cache.nodes.teacache_node import ApplyTeaCache
+from runs import last_run
 
 STEPS = 20
 
@@ -66,16 +67,15 @@ def test_compiled_model_matches_and_recompiles_no_more_than_comfyuis_own(variant
         "cachedit": ApplyCacheDiT().apply(model, residual_diff_threshold=1.0, max_warmup_steps=2)[0],
     }
     for name, method in patched.items():
-        key = f"dit_cache.{name}"
         expected = sample(method, variant)
-        decisions = [r.computed for r in method.model_options["transformer_options"][key].last_run.records]
+        decisions = [r.computed for r in last_run(method, name).records]
         assert False in decisions
         for _ in range(2):  # a second run must not recompile: no guard depends on a run's state
             frames = torch._dynamo.utils.counters["frames"]["total"]
             result = sample(compiled(method), variant)
             assert torch._dynamo.utils.counters["frames"]["total"] > frames  # Dynamo really ran the model
             torch.testing.assert_close(result, expected, rtol=1e-4, atol=1e-4)
-            records = method.model_options["transformer_options"][key].last_run.records
+            records = last_run(method, name).records
             assert [r.computed for r in records] == decisions
     assert traced and not any(traced)  # every decision ran eagerly, none was traced into a graph
     assert graphs() <= comfyui_alone, f"{graphs()} graphs with the caches, {comfyui_alone} without"

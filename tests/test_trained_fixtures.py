@@ -9,6 +9,7 @@ import pytest
 import torch
 import trained_models as fx
 from dit_cache.nodes.cachedit_node import ApplyCacheDiT
+from runs import last_run
 
 STEPS = 20
 CLASSES = (3, 6)
@@ -55,7 +56,7 @@ def test_step_residuals_are_in_the_caching_range(fixture) -> None:
     name, model = fixture
     (patched,) = ApplyCacheDiT().apply(model, residual_diff_threshold=0.12, max_warmup_steps=4)
     sample(name, patched, CLASSES[0])
-    run = patched.model_options["transformer_options"]["dit_cache.cachedit"].last_run
+    run = last_run(patched, "cachedit")
     diffs = [d for record in run.records for d in record.rel_l1 if d is not None]
     assert len(diffs) >= STEPS // 2
     assert min(diffs) < 0.12 < max(diffs), diffs
