@@ -189,9 +189,14 @@ class DBCacheConfig:
         )
 
 
+def residual_diff_tensor(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """Relative L1 mean|previous - current| / mean|previous|, in the tensors' own dtype as cache-dit (0-dim)."""
+    return (previous - current).abs().mean() / previous.abs().mean()
+
+
 def residual_diff(previous: torch.Tensor, current: torch.Tensor) -> float:
-    """Relative L1 mean|previous - current| / mean|previous|, in the tensors' own dtype as cache-dit."""
-    return ((previous - current).abs().mean() / previous.abs().mean()).item()
+    """`residual_diff_tensor` as a number: what DBCache's gate compares with its threshold."""
+    return residual_diff_tensor(previous, current).item()
 
 
 class TaylorSeer:

@@ -80,7 +80,7 @@ class CacheDiTSampling(SamplingRun):
         fn = self.config.Fn_compute_blocks
         if position < fn:
             if position == 0:  # the middle computes until the Fn residual says otherwise (a failure computes)
-                self.guarded(self._begin, args)
+                self.guarded(self.enter_stack, args)
             out = run_block(args)
             if position == fn - 1:
                 self.guarded(self._decide, kind, out)
@@ -102,9 +102,6 @@ class CacheDiTSampling(SamplingRun):
             self.guarded(self._store, kind, out)
         return out
 
-    def _begin(self, args: BlockArgs) -> None:
-        self.call.stack_input = args["img"].clone()  # blocks may update their input in place
-
     def _keep_middle_input(self, kind: str, args: BlockArgs) -> None:
         self.call.middle_input = self._streams(kind, args, clone=True)
 
@@ -117,8 +114,7 @@ class CacheDiTSampling(SamplingRun):
 
     def _decide(self, kind: str, out: BlockArgs) -> None:
         call = self.call
-        fn_residual = self.image_tokens(kind, out["img"]) - call.stack_input
-        call.stack_input = None
+        fn_residual = self.stack_residual(kind, out)
         call.fn_residuals = list(fn_residual.chunk(len(call.keys)))
         # Never replay what acts between blocks (ControlNet, block patches): it is not the model's own.
         computes = self.run.decide(call.keys, call.fn_residuals, call.step, may_cache=not call.between_blocks)

@@ -18,13 +18,14 @@ from typing import Any
 import torch
 
 from ..caching.calibration import FN_LOOKBACK, CalibrationCall, CalibrationRun
+from ..caching.dbcache import residual_diff_tensor
 from ..caching.records import RunSummary
 from ..caching.schedule import StepSchedule
 from ..caching.teacache import relative_l1
 from ..caching.teacache_presets import TeaCachePreset
 from ..caching.user_presets import UserPreset, calibrated, load, path_for, save
 from .family import BlockArgs, Family
-from .sampling_hooks import RunBlock, SamplingRun, install
+from .sampling_hooks import RunBlock, SamplingRun, eager_frame, install
 
 logger = logging.getLogger(__name__)
 
@@ -85,22 +86,24 @@ class CalibrationSampling(SamplingRun):
         self.fn_history: dict[Hashable, deque[torch.Tensor]] = {}
         self.calls: list[CalibrationCall] = []
 
+    @eager_frame
     def on_block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:
         if position != 0:
             return run_block(args)
-        call = self.call
-        try:
-            indicator = self.family.indicator(call.diffusion_model, args, call, self.patch.base.indicator)
-            stack_input = args["img"].clone()  # blocks may update their input in place
-        except Exception as error:  # observing must never break the render
-            self.fail(error)
-            return run_block(args)
+        # Observing never breaks the render: a failure (through `guarded`) stops the recording only.
+        indicator = self.guarded(self._enter, args)
         out = run_block(args)
-        try:
-            call.observed = (indicator, self.image_tokens(kind, out["img"]) - stack_input)
-        except Exception as error:
-            self.fail(error)
+        if indicator is not None:
+            self.guarded(self._observe, indicator, kind, out)
         return out
+
+    def _enter(self, args: BlockArgs) -> torch.Tensor:
+        call = self.call
+        self.enter_stack(args)
+        return self.family.indicator(call.diffusion_model, args, call, self.patch.base.indicator)
+
+    def _observe(self, indicator: torch.Tensor, kind: str, out: BlockArgs) -> None:
+        self.call.observed = (indicator, self.stack_residual(kind, out))
 
     def end_call(self, output: torch.Tensor) -> None:
         call = self.call
@@ -119,7 +122,8 @@ class CalibrationSampling(SamplingRun):
             history = self.fn_history.setdefault(key, deque(maxlen=FN_LOOKBACK))
             if history and history[0].shape != fn_residual.shape:
                 history.clear()
-            measured += [relative_l1(h, fn_residual) for h in history]  # most recent first
+            # As DBCache's gate measures them (in the model's dtype), most recent first.
+            measured += [residual_diff_tensor(h, fn_residual).float() for h in history]
             layout.append((pair, len(history)))
             self.previous[key] = (indicator, current)
             history.appendleft(fn_residual)

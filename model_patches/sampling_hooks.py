@@ -151,6 +151,16 @@ class SamplingRun:
             raise LayoutMismatch(f"{self.family.name}: the joint sequence's order is not verified in this run")
         return self.text_first
 
+    def enter_stack(self, args: BlockArgs) -> None:
+        """At block 0: keep the image stream entering the block stack, which every method measures from."""
+        self.call.stack_input = args["img"].clone()  # blocks may update their input in place
+
+    def stack_residual(self, kind: str, out: BlockArgs) -> torch.Tensor:
+        """What the blocks since `enter_stack` added to the image stream (its image tokens, in the model's dtype)."""
+        residual = self.image_tokens(kind, out["img"]) - self.call.stack_input
+        self.call.stack_input = None
+        return residual
+
     def image_tokens(self, kind: str, hidden: torch.Tensor) -> torch.Tensor:
         """The image part of a block's "img" output (joint blocks carry text and image)."""
         if self.joint_position is None or kind in self.family.text_stream_kinds:

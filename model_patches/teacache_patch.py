@@ -95,7 +95,7 @@ class TeaCacheSampling(SamplingRun):
         chunks = indicator.chunk(len(call.keys))
         compute = self.run.decide(call.keys, chunks, call.step, call.in_window and not call.between_blocks)
         if compute:
-            call.stack_input = args["img"].clone()  # blocks may update their input in place
+            self.enter_stack(args)
         return compute
 
     def _replay(self, args: BlockArgs) -> BlockArgs:
@@ -106,12 +106,9 @@ class TeaCacheSampling(SamplingRun):
 
     def _store(self, kind: str, out: BlockArgs) -> None:
         call = self.call
-        if call.between_blocks:  # what acts between blocks is not the model's own: never replay it
-            residual = None
-        else:
-            residual = self.image_tokens(kind, out["img"]) - call.stack_input
-        call.stack_input = None
-        self.run.store(call.keys, residual)
+        residual = self.stack_residual(kind, out)
+        # What acts between blocks is not the model's own: never replay it (None: the next call computes).
+        self.run.store(call.keys, None if call.between_blocks else residual)
 
     def finish(self) -> None:
         summary = replace(self.run.summary(), disabled=self.failure)

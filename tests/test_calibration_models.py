@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import comfy.sample
+import comfy.sd
 import folder_paths
 import numpy as np
 import pytest
@@ -212,6 +213,23 @@ def test_the_target_speedup_replay_decides_as_the_live_run_on_its_own_record(mod
              and any(d is not None and d >= threshold for d in r.rel_l1)]
     assert split and all(r.computed for r in split)  # one branch alone would have cached: all must agree
     assert dbcache_counts([_recorded(live)], patch.config) == (live.calls_computed, live.calls)
+
+
+def test_calibration_measures_the_first_block_residual_as_dbcache_gates_it_in_the_models_dtype(tmp_path) -> None:
+    """On a model that computes in bf16, the recorded Fn diffs are exactly the ones DBCache's gate compares."""
+    path = tmp_path / "tiny-wan21_t2v.safetensors"
+    tm.write_checkpoint("wan21_t2v", path)
+    model = comfy.sd.load_diffusion_model(str(path), model_options={"dtype": torch.bfloat16})
+    model.model.manual_cast_dtype = None  # compute in bf16, as ComfyUI does on a GPU (on a CPU it casts to fp32)
+    calibrated = calibrate(model, "bf16")
+    sample(calibrated, "wan21_t2v")
+    recorded = [call.fn_diffs[0][0] for call in installed(calibrated, CalibrationPatch).last_preset.runs[-1].calls
+                if call.fn_diffs[0]]
+    # A threshold no diff is under: every step computes (the same trajectory) and every diff is measured.
+    (measuring,) = ApplyCacheDiT().apply(model, residual_diff_threshold=1e-9, max_warmup_steps=0)
+    sample(measuring, "wan21_t2v")
+    gated = [r.rel_l1[0] for r in patch_of(measuring, "cachedit").last_run.records if r.rel_l1[0] is not None]
+    assert len(recorded) == STEPS - 1 and recorded == gated
 
 
 def test_malformed_preset_names_the_file(models) -> None:
