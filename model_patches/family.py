@@ -49,6 +49,11 @@ class Family:
 
     Args:
         name: short family name used in logs and presets.
+        label: how users know the family (node descriptions, warnings, README).
+        classes: the ComfyUI diffusion-model classes it patches, by exact class name (subclasses
+            with a forward of their own, e.g. VaceWanModel, are never matched).
+        configs: ComfyUI model-config class names it is limited to (empty: any), for classes
+            that several families share (NextDiT is Z-Image and Lumina 2).
         block_keys: the `patches_replace["dit"]` keys of the stack, in execution order.
         indicator: TeaCache's indicator, from the first block's arguments.
         default_preset: TeaCache preset that `model_type=auto` picks.
@@ -64,6 +69,8 @@ class Family:
     """
 
     name: str
+    label: str
+    classes: frozenset[str]
     block_keys: Callable[[torch.nn.Module], list[BlockKey]]
     indicator: Callable[[torch.nn.Module, BlockArgs, CallInfo, str], torch.Tensor]
     default_preset: str
@@ -71,6 +78,10 @@ class Family:
     text_stream_kinds: frozenset[str] = frozenset()
     object_patches: Callable[[torch.nn.Module, Callable[[str], Any]], dict[str, Any]] | None = None
     choose_preset: Callable[[Any], str] | None = None
+    configs: frozenset[str] = frozenset()
+
+    def matches(self, class_name: str, config: str) -> bool:
+        return class_name in self.classes and (not self.configs or config in self.configs)
 
     def auto_preset(self, model_patcher: Any) -> str:
         return self.choose_preset(model_patcher) if self.choose_preset else self.default_preset
@@ -86,7 +97,7 @@ class Family:
 
 def config_name(model_patcher: Any) -> str:
     """Class name of ComfyUI's model config (e.g. WAN21_T2V), '' when unknown."""
-    return type(getattr(model_patcher.model, "model_config", None)).__name__
+    return type(getattr(getattr(model_patcher, "model", None), "model_config", None)).__name__
 
 
 def reference_tokens(args: BlockArgs) -> int:

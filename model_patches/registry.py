@@ -1,4 +1,4 @@
-"""Which family glue fits a loaded model, by the diffusion model's exact class.
+"""Which family glue fits a loaded model: every module in model_patches/families/, matched by exact class.
 
 Subclasses with their own forward (VaceWanModel, WanModel_S2V, ...) are not matched: their
 loops do extra work between blocks that a skipped stack would silently drop.
@@ -10,30 +10,43 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pkgutil
+from functools import cache
 from typing import Any
 
+from . import families as families_package
 from .family import Family, config_name
 
 logger = logging.getLogger(__name__)
 
-_MODULES = {
-    "Flux": "flux",
-    "WanModel": "wan",
-    "HunyuanVideo": "hunyuan_video",
-    "QwenImageTransformer2DModel": "qwen_image",
-    "NextDiT": "z_image",
-}
-_CONFIG_FILTER = {"NextDiT": {"ZImage"}}  # NextDiT is also Lumina 2, which has no preset here
 
-SUPPORTED = "Flux, Wan 2.1/2.2, HunyuanVideo, Qwen-Image, Z-Image"
+@cache
+def families() -> tuple[Family, ...]:
+    """Every family this ComfyUI can run, in module-name order."""
+    found = []
+    for module in sorted(info.name for info in pkgutil.iter_modules(families_package.__path__)):
+        try:
+            family = importlib.import_module(f"{families_package.__name__}.{module}").FAMILY
+        except Exception as error:  # an import error here must not take the pack down
+            logger.warning("dit-cache: %s support is unavailable in this ComfyUI (%s)", module, error)
+            continue
+        found.append(family)
+    return tuple(found)
 
 
-def _load(module: str) -> Family | None:
-    try:
-        return importlib.import_module(f"{__package__}.{module}").FAMILY
-    except Exception as error:  # an import error here must not take the pack down
-        logger.warning("dit-cache: %s support is unavailable in this ComfyUI (%s)", module, error)
-        return None
+def listing(labels: list[str]) -> str:
+    """'A, B and C'."""
+    return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
+
+
+def supported() -> str:
+    """The families, as node descriptions and warnings name them."""
+    return ", ".join(family.label for family in families())
+
+
+def cfg_shared() -> str:
+    """The families whose TeaCache keeps one state for both CFG branches (so it is off under CFG)."""
+    return listing([family.label for family in families() if family.cfg_shares_state])
 
 
 def diffusion_model_class(model_patcher: Any) -> str:
@@ -44,13 +57,8 @@ def diffusion_model_class(model_patcher: Any) -> str:
 def detect(model_patcher: Any) -> Family | None:
     """The family glue for this MODEL, or None when the pack does not support it."""
     class_name = diffusion_model_class(model_patcher)
-    module = _MODULES.get(class_name)
-    if module is None:
-        return None
-    allowed_configs = _CONFIG_FILTER.get(class_name)
-    if allowed_configs is not None and config_name(model_patcher) not in allowed_configs:
-        return None
-    return _load(module)
+    config = config_name(model_patcher)
+    return next((family for family in families() if family.matches(class_name, config)), None)
 
 
 def detect_or_warn(model_patcher: Any, node: str) -> Family | None:
@@ -61,6 +69,6 @@ def detect_or_warn(model_patcher: Any, node: str) -> Family | None:
             "%s: %s is not supported (supported: %s); the model passes through unchanged",
             node,
             diffusion_model_class(model_patcher),
-            SUPPORTED,
+            supported(),
         )
     return family

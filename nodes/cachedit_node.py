@@ -8,7 +8,7 @@ from typing import Any
 
 from ..caching.dbcache import DBCacheConfig
 from ..caching.offload import CACHE_DEVICES, offload_device
-from ..model_patches.registry import SUPPORTED, detect_or_warn
+from ..model_patches.registry import detect_or_warn, supported
 from .presets import TARGET_SPEEDUP_TOOLTIP, cachedit_target_threshold, check_target, load_user_preset, user_choices
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class ApplyCacheDiT:
         "Cache-DiT at block level: always runs the first Fn and last Bn transformer blocks and skips the "
         "middle ones while the Fn blocks' residual barely changes between steps (DBCache), optionally "
         "extrapolating the skipped residual by a Taylor series (TaylorSeer) and following a step "
-        "computation mask (SCM). Separate state per CFG branch. Supports " + SUPPORTED + "; other models "
+        "computation mask (SCM). Separate state per CFG branch. Supports " + supported() + "; other models "
         "pass through unchanged. Defaults as SGLang's cache-dit integration."
     )
     CATEGORY = "DiT Cache"

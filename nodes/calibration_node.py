@@ -12,7 +12,7 @@ from ..caching.calibration import samples
 from ..caching.report_images import render_fit, to_array
 from ..caching.teacache_presets import MODEL_TYPES, PRESETS
 from ..caching.user_presets import PREFIX, RECOMMENDED_SPEEDUP, check_name, path_for, to_json
-from ..model_patches.registry import SUPPORTED, detect_or_warn, diffusion_model_class
+from ..model_patches.registry import detect_or_warn, diffusion_model_class, supported
 from .presets import presets_directory
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class CalibrateTeaCache:
         "Records, during one normal sampling run (nothing is skipped), how much TeaCache's indicator and the "
         "model's output change from step to step, fits TeaCache's rescale polynomial (degree 4) and saves it as "
         "a preset 'user:<name>' that Apply TeaCache lists after a refresh. Runs with other prompts, seeds and "
-        "resolutions add to the same fit. Supports " + SUPPORTED + "."
+        "resolutions add to the same fit. Supports " + supported() + "."
     )
     CATEGORY = "DiT Cache"
     RETURN_TYPES = ("MODEL",)

@@ -9,7 +9,7 @@ from typing import Any
 from ..caching.offload import CACHE_DEVICES, offload_device
 from ..caching.teacache import TeaCacheConfig
 from ..caching.teacache_presets import MODEL_TYPES, PRESETS, TeaCachePreset, parse_coefficients
-from ..model_patches.registry import SUPPORTED, detect_or_warn
+from ..model_patches.registry import cfg_shared, detect_or_warn, supported
 from .presets import (
     TARGET_SPEEDUP_TOOLTIP,
     check_target,
@@ -70,8 +70,8 @@ def build_config(
 class ApplyTeaCache:
     DESCRIPTION = (
         "TeaCache: skips whole transformer passes while the first block's modulated input barely "
-        "changes between steps, reusing the last computed residual. Supports " + SUPPORTED + ". "
-        "Turns itself off for a run where CFG is active on Flux and Qwen-Image; other families keep "
+        "changes between steps, reusing the last computed residual. Supports " + supported() + ". "
+        "Turns itself off for a run where CFG is active on " + cfg_shared() + "; other families keep "
         "separate positive/negative caches. Other models pass through unchanged."
     )
     CATEGORY = "DiT Cache"

@@ -1,4 +1,4 @@
-"""What a node left on a MODEL, for every test: the patch of a method and its latest run.
+"""Sampling a tiny model as a KSampler does, and what a node left on the MODEL: one place for every test.
 
 The transformer_options keys live on the patch classes (`TeaCachePatch.key`, ...); tests name a
 method by its short name and never spell a key.
@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import comfy.sample
+import tiny_models as tm
+import torch
 from dit_cache.caching.records import RunSummary
 from dit_cache.model_patches.cachedit_patch import CacheDiTPatch
 from dit_cache.model_patches.sampling_hooks import installed
@@ -24,3 +27,20 @@ def patch_of(model: Any, method: str) -> Any:
 
 def last_run(model: Any, method: str) -> RunSummary | None:
     return patch_of(model, method).last_run
+
+
+def sample(model: Any, variant: str, *, steps: int = 8, cfg: float = 1.0, seed: int = 0,
+           lengths: tuple[int, int] = (8, 8), prompt_seed: int = 1, size: int | None = None,
+           sampler: str = "euler", latent: torch.Tensor | None = None, **kw: Any) -> torch.Tensor:
+    """`comfy.sample.sample` on `variant`'s tiny latent and prompts (positive `prompt_seed`, negative 2).
+
+    Equal text lengths let ComfyUI batch both CFG branches into one call (`tm.SPLIT_LENGTHS` splits
+    them); `kw` goes to ComfyUI (e.g. start_step, denoise, noise, positive, negative).
+    """
+    latent = tm.latent(variant, size=size)["samples"] if latent is None else latent
+    noise = kw.pop("noise", None)
+    noise = comfy.sample.prepare_noise(latent, seed) if noise is None else noise
+    positive = kw.pop("positive", None) or tm.conditioning(variant, seed=prompt_seed, length=lengths[0])
+    negative = kw.pop("negative", None) or tm.conditioning(variant, seed=2, length=lengths[1])
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, "simple", positive, negative, latent,
+                               seed=seed, disable_pbar=True, **kw)

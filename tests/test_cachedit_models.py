@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Self
 
 import comfy.sample
@@ -27,19 +28,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {v: tm.load_model(v, cache) for v in ALL}
 
 
-def sample(model: Any, variant: str, cfg: float = 1.0, lengths: tuple[int, int] = (8, 8), **kw: Any) -> torch.Tensor:
-    latent = tm.latent(variant)["samples"]
-    noise = comfy.sample.prepare_noise(latent, 0)
-    positive = tm.conditioning(variant, seed=1, length=lengths[0])
-    negative = tm.conditioning(variant, seed=2, length=lengths[1])
-    return comfy.sample.sample(model, noise, kw.pop("steps", STEPS), cfg, "euler", "simple", positive, negative,
-                               latent, seed=0, disable_pbar=True, **kw)
-
 
 def cachedit(model: Any, **settings: Any) -> Any:
     (patched,) = ApplyCacheDiT().apply(model, **settings)
     assert patched is not model
     return patched
+
+
+sample = partial(runs.sample, steps=STEPS)
 
 
 def last_run(patched: Any) -> Any:

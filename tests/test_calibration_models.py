@@ -27,7 +27,7 @@ from dit_cache.nodes.presets import presets_directory
 from dit_cache.nodes.report_node import CacheReport
 from dit_cache.nodes.teacache_node import ApplyTeaCache
 from probes import ModelProbe, relative_l1
-from runs import patch_of
+from runs import patch_of, sample
 
 STEPS = 8
 
@@ -46,14 +46,6 @@ def user_directory(tmp_path: Path) -> Any:
     yield tmp_path
     folder_paths.set_user_directory(previous)
 
-
-def sample(model: Any, variant: str, cfg: float = 1.0, seed: int = 0, lengths: tuple[int, int] = (8, 8)) -> torch.Tensor:
-    latent = tm.latent(variant)["samples"]
-    noise = comfy.sample.prepare_noise(latent, seed)
-    positive = tm.conditioning(variant, seed=1 + seed, length=lengths[0])
-    negative = tm.conditioning(variant, seed=2, length=lengths[1])
-    return comfy.sample.sample(model, noise, STEPS, cfg, "euler", "simple", positive, negative, latent,
-                               seed=seed, disable_pbar=True)
 
 
 def calibrate(model: Any, name: str = "tiny", model_type: str = "auto", append: bool = True) -> Any:

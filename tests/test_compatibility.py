@@ -32,7 +32,7 @@ from dit_cache.caching.teacache import TeaCacheRun
 from dit_cache.nodes.cachedit_node import ApplyCacheDiT
 from dit_cache.nodes.teacache_node import ApplyTeaCache
 from probes import replay_rule
-from runs import PATCHES, last_run
+from runs import PATCHES, last_run, sample
 
 import nodes
 
@@ -47,16 +47,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cache = tmp_path_factory.mktemp("tiny-models")
     return {v: tm.load_model(v, cache) for v in FAMILIES}
 
-
-def sample(model: Any, variant: str, steps: int = STEPS, cfg: float = 1.0, sampler: str = "euler",
-           latent: torch.Tensor | None = None, **kw: Any) -> torch.Tensor:
-    latent = tm.latent(variant)["samples"] if latent is None else latent
-    noise = kw.pop("noise", None)
-    noise = comfy.sample.prepare_noise(latent, 0) if noise is None else noise
-    positive = kw.pop("positive", None) or tm.conditioning(variant, seed=1)
-    negative = kw.pop("negative", None) or tm.conditioning(variant, seed=2)
-    return comfy.sample.sample(model, noise, steps, cfg, sampler, "simple", positive, negative, latent,
-                               seed=0, disable_pbar=True, **kw)
 
 
 _PLAIN: dict[str, torch.Tensor] = {}

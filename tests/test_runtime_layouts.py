@@ -25,7 +25,7 @@ import torch
 from comfy.patcher_extension import WrappersMP
 from dit_cache.nodes.cachedit_node import ApplyCacheDiT
 from dit_cache.nodes.teacache_node import ApplyTeaCache
-from runs import PATCHES, last_run
+from runs import PATCHES, last_run, sample
 
 STEPS = 8
 JOINT_VARIANTS = ("flux", "hunyuan_video")
@@ -44,13 +44,6 @@ def apply(method: str, model: Any) -> Any:
     return ApplyCacheDiT().apply(model, residual_diff_threshold=1.0, max_warmup_steps=2,
                                  max_continuous_cached_steps=-1)[0]
 
-
-def sample(model: Any, variant: str, cfg: float = 1.0, lengths: tuple[int, int] = (8, 8)) -> torch.Tensor:
-    latent = tm.latent(variant)["samples"]
-    positive = tm.conditioning(variant, seed=1, length=lengths[0])
-    negative = tm.conditioning(variant, seed=2, length=lengths[1])
-    return comfy.sample.sample(model, comfy.sample.prepare_noise(latent, 0), STEPS, cfg, "euler", "simple",
-                               positive, negative, latent, seed=0, disable_pbar=True)
 
 
 class _RolledJoint:

@@ -13,6 +13,7 @@ import tiny_models as tm
 import torch
 from dit_cache.nodes.teacache_node import ApplyTeaCache
 from probes import ModelProbe, relative_l1, replay_rule
+from runs import sample
 
 STEPS = 8
 IDENTITY = "1, 0"  # rescale(x) = x: thresholds then read directly as accumulated relative L1
@@ -29,15 +30,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cache = tmp_path_factory.mktemp("tiny-models")
     return {v: tm.load_model(v, cache) for v in ALL + ["wan22_low"]}
 
-
-def sample(model: Any, variant: str, cfg: float = 1.0, steps: int = STEPS, seed: int = 0,
-           lengths: tuple[int, int] = (8, 8), size: int | None = None, **kw: Any) -> torch.Tensor:
-    latent = tm.latent(variant, size=size)["samples"]
-    noise = comfy.sample.prepare_noise(latent, seed)
-    positive = tm.conditioning(variant, seed=1, length=lengths[0])
-    negative = tm.conditioning(variant, seed=2, length=lengths[1])
-    return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", positive, negative, latent,
-                               seed=seed, disable_pbar=True, **kw)
 
 
 def teacache(model: Any, thresh: float, coefficients: str = IDENTITY, model_type: str = "auto",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .family import BlockArgs, CallInfo, Family, reference_tokens
+from ..family import BlockArgs, CallInfo, Family, reference_tokens
 
 
 def _block_keys(dm: torch.nn.Module) -> list[tuple[str, int]]:
@@ -25,6 +25,8 @@ def _indicator(dm: torch.nn.Module, args: BlockArgs, call: CallInfo, mode: str) 
 FAMILY = Family(
     text_stream_kinds=frozenset({"double_block"}),
     name="qwen_image",
+    label="Qwen-Image",
+    classes=frozenset({"QwenImageTransformer2DModel"}),
     block_keys=_block_keys,
     indicator=_indicator,
     default_preset="qwen_image",

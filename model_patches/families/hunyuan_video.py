@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .double_stream import double_stream_indicator, double_then_single_keys
-from .family import BlockArgs, CallInfo, Family
+from ..double_stream import double_stream_indicator, double_then_single_keys
+from ..family import BlockArgs, CallInfo, Family
 
 
 def _indicator(dm: torch.nn.Module, args: BlockArgs, call: CallInfo, mode: str) -> torch.Tensor:
@@ -18,6 +18,8 @@ def _indicator(dm: torch.nn.Module, args: BlockArgs, call: CallInfo, mode: str) 
 FAMILY = Family(
     text_stream_kinds=frozenset({"double_block"}),
     name="hunyuan_video",
+    label="HunyuanVideo",
+    classes=frozenset({"HunyuanVideo"}),
     block_keys=double_then_single_keys,
     indicator=_indicator,
     default_preset="hunyuan_video",

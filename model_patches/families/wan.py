@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from comfy.ldm.wan.model import sinusoidal_embedding_1d
 
-from .family import BlockArgs, CallInfo, Family, config_name
+from ..family import BlockArgs, CallInfo, Family, config_name
 
 
 def _block_keys(dm: torch.nn.Module) -> list[tuple[str, int]]:
@@ -36,6 +36,8 @@ def _auto_preset(model_patcher: Any) -> str:
 
 FAMILY = Family(
     name="wan",
+    label="Wan 2.1/2.2",
+    classes=frozenset({"WanModel"}),
     block_keys=_block_keys,
     indicator=_indicator,
     default_preset="wan2.1_t2v_14B",

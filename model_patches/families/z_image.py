@@ -14,8 +14,8 @@ from typing import Any
 import comfy.ldm.lumina.model as lumina
 import torch
 
-from .family import BlockArgs, CallInfo, Family
-from .sampling_hooks import call_arguments, called_model, eager, eager_frame
+from ..family import BlockArgs, CallInfo, Family
+from ..sampling_hooks import call_arguments, called_model, eager, eager_frame
 
 
 def _block_keys(dm: torch.nn.Module) -> list[tuple[str, int]]:
@@ -93,6 +93,9 @@ def _object_patches(dm: torch.nn.Module, current: Callable[[str], Any]) -> dict[
 
 FAMILY = Family(
     name="z_image",
+    label="Z-Image",
+    classes=frozenset({"NextDiT"}),
+    configs=frozenset({"ZImage"}),  # NextDiT is also Lumina 2, which has no preset here
     block_keys=_block_keys,
     indicator=_indicator,
     default_preset="z_image",
