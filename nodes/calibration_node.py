@@ -9,11 +9,11 @@ from typing import Any
 import torch
 
 from ..caching.calibration import samples
-from ..caching.report_images import render_fit, to_array
 from ..caching.teacache_presets import MODEL_TYPES, PRESETS
 from ..caching.user_presets import PREFIX, RECOMMENDED_SPEEDUP, check_name, path_for, to_json
 from ..model_patches.registry import detect_or_warn, diffusion_model_class, supported
 from .presets import presets_directory
+from .report_images import render_fit, to_array
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..caching.report_images import render_report, report_data
 from .calibration_node import image_batch
+from .report_images import render_report, report_data
 
 
 def run_reports(model: Any) -> list[dict]:

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import tiny_models as tm
 import torch
-from dit_cache.caching import report_images as ri
 from dit_cache.caching.calibration import FN_LOOKBACK, CalibrationCall, CalibrationRun, samples
 from dit_cache.caching.target_speedup import dbcache_counts
 from dit_cache.caching.user_presets import PresetFileError, load
 from dit_cache.model_patches.calibration_patch import CalibrationPatch
 from dit_cache.model_patches.sampling_hooks import installed
+from dit_cache.nodes import report_images as ri
 from dit_cache.nodes.cachedit_node import ApplyCacheDiT
 from dit_cache.nodes.calibration_node import CalibrateTeaCache, CalibrationReport
 from dit_cache.nodes.presets import presets_directory

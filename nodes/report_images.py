@@ -14,7 +14,7 @@ from itertools import pairwise
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .records import RunSummary
+from ..caching.records import RunSummary
 
 WIDTH = 800
 BACKGROUND = (255, 255, 255)
