@@ -43,7 +43,8 @@ logger = logging.getLogger("demo")
 
 PICTURE = ROOT / "docs" / "demo.png"
 TEACACHE_LINE = re.compile(r"TeaCache \[[^\]]+\]: computed \d+/(?P<steps>\d+) steps; (?P<reused>\d+) of (?P<calls>\d+)")
-CACHEDIT_LINE = re.compile(r"Cache-DiT \[[^\]]+\]: computed \d+/\d+ steps; (?P<cached>\d+) of (?P<calls>\d+)")
+CACHEDIT_LINE = re.compile(r"Cache-DiT \[[^\]]+\]: computed \d+/\d+ steps; (?P<cached>\d+) of (?P<calls>\d+) "
+                           r"transformer calls cached; blocks computed (?P<blocks>\d+)/(?P<total_blocks>\d+)")
 EASYCACHE_LINE = re.compile(r"EasyCache - skipped (?P<skipped>\d+)/(?P<steps>\d+) steps")
 SAMPLES = ((1, 0), (4, 1), (6, 2))  # (class, seed) of each sample: three prompts
 QUICK_SAMPLES = SAMPLES[:1]
@@ -56,7 +57,6 @@ class Setting:
     label: str
     settings: str
     method: wf.Method
-    probe_blocks: int = 0  # blocks a cached call still runs (Cache-DiT's Fn + Bn)
 
 
 @dataclass(frozen=True)
@@ -64,24 +64,23 @@ class Fixture:
     name: str
     steps: int
     cfg: float
-    blocks: int  # transformer blocks per model call
     settings: tuple[Setting, ...]
 
 
 EASYCACHE = Setting("EasyCache (ComfyUI)", "reuse_threshold 0.2 (its default)", wf.EasyCache(reuse_threshold=0.2))
 # README's "Settings the data supports".
 FIXTURES = (
-    Fixture("flux", demo_workflow.FLUX_STEPS, 1.0, 6, (
+    Fixture("flux", demo_workflow.FLUX_STEPS, 1.0, (
         EASYCACHE,
         Setting("Apply TeaCache", "flux preset, rel_l1_thresh 0.4", wf.TeaCache(rel_l1_thresh=0.4)),
         Setting("Apply Cache-DiT", "F1B0, TaylorSeer order 2, threshold 0.24",
-                wf.CacheDiT(demo_workflow.FLUX_CACHEDIT), probe_blocks=1),
+                wf.CacheDiT(demo_workflow.FLUX_CACHEDIT)),
     )),
-    Fixture("wan", 30, 5.0, 6, (
+    Fixture("wan", 30, 5.0, (
         EASYCACHE,
         Setting("Apply TeaCache", "auto preset, rel_l1_thresh 0.12", wf.TeaCache(rel_l1_thresh=0.12)),
         Setting("Apply Cache-DiT", "F1B0, TaylorSeer order 1, threshold 0.32",
-                wf.CacheDiT({"residual_diff_threshold": 0.32, "enable_taylorseer": True}), probe_blocks=1),
+                wf.CacheDiT({"residual_diff_threshold": 0.32, "enable_taylorseer": True})),
     )),
 )
 UNCACHED = Setting("uncached", "", None)
@@ -116,26 +115,34 @@ def _match(pattern: re.Pattern, log: str) -> re.Match:
     return match
 
 
-def calls_per_step(fixture: Fixture, runs: dict[str, tuple[PromptRun, ...]]) -> int:
-    """Model calls per sampler step, as ComfyUI batched them (CFG's two branches often share one call)."""
+@dataclass(frozen=True)
+class CallShape:
+    """How ComfyUI ran the fixture: model calls per sampler step, transformer blocks per call."""
+
+    per_step: int
+    blocks: int
+
+
+def call_shape(fixture: Fixture, runs: dict[str, tuple[PromptRun, ...]]) -> CallShape:
+    """From our nodes' own summary lines (CFG's two branches often share one call)."""
     teacache = next(s for s in fixture.settings if isinstance(s.method, wf.TeaCache))
-    match = _match(TEACACHE_LINE, runs[teacache.label][0].log)
-    return int(match["calls"]) // int(match["steps"])
+    cachedit = next(s for s in fixture.settings if isinstance(s.method, wf.CacheDiT))
+    tea = _match(TEACACHE_LINE, runs[teacache.label][0].log)
+    dbc = _match(CACHEDIT_LINE, runs[cachedit.label][0].log)
+    return CallShape(int(tea["calls"]) // int(tea["steps"]), int(dbc["total_blocks"]) // int(dbc["calls"]))
 
 
-def block_evaluations(fixture: Fixture, setting: Setting, run: PromptRun, per_step: int) -> int:
+def block_evaluations(fixture: Fixture, setting: Setting, run: PromptRun, shape: CallShape) -> int:
     """Transformer blocks the run evaluated (per model call), from the summary line each method logs."""
     if setting.method is None:
-        return fixture.steps * per_step * fixture.blocks
+        return fixture.steps * shape.per_step * shape.blocks
     if isinstance(setting.method, wf.EasyCache):
         match = _match(EASYCACHE_LINE, run.log)
-        return (int(match["steps"]) - int(match["skipped"])) * per_step * fixture.blocks
+        return (int(match["steps"]) - int(match["skipped"])) * shape.per_step * shape.blocks
     if isinstance(setting.method, wf.TeaCache):
         match = _match(TEACACHE_LINE, run.log)
-        return (int(match["calls"]) - int(match["reused"])) * fixture.blocks
-    match = _match(CACHEDIT_LINE, run.log)  # a cached call still runs its Fn and Bn blocks
-    cached = int(match["cached"])
-    return (int(match["calls"]) - cached) * fixture.blocks + cached * setting.probe_blocks
+        return (int(match["calls"]) - int(match["reused"])) * shape.blocks
+    return int(_match(CACHEDIT_LINE, run.log)["blocks"])  # counted by Cache-DiT, its Fn and Bn blocks included
 
 
 def compare_fixture(server: ComfyServer, fixture: Fixture, samples: tuple[tuple[int, int], ...],
@@ -151,7 +158,7 @@ def compare_fixture(server: ComfyServer, fixture: Fixture, samples: tuple[tuple[
     for setting in settings:
         runs[setting.label] = tuple(run_ok(server, graph(setting, c, s)) for c, s in samples)
         progress(f"{fixture.name:5} {setting.label}: {len(samples)} runs")
-    per_step = calls_per_step(fixture, runs)
+    shape = call_shape(fixture, runs)
     references = [wf.saved_latent(run.history, server.output_dir) for run in runs[UNCACHED.label]]
     uncached_wall = statistics.median(run.wall_s for run in runs[UNCACHED.label])
     rows = []
@@ -159,8 +166,8 @@ def compare_fixture(server: ComfyServer, fixture: Fixture, samples: tuple[tuple[
         latents = [wf.saved_latent(run.history, server.output_dir) for run in runs[setting.label]]
         error = statistics.fmean(relative_mse(latent, ref) for latent, ref in zip(latents, references))
         rows.append(Row(
-            fixture.name, setting, sum(block_evaluations(fixture, setting, run, per_step) for run in runs[setting.label]),
-            len(samples) * fixture.steps * per_step * fixture.blocks,
+            fixture.name, setting, sum(block_evaluations(fixture, setting, run, shape) for run in runs[setting.label]),
+            len(samples) * fixture.steps * shape.per_step * shape.blocks,
             uncached_wall / statistics.median(run.wall_s for run in runs[setting.label]), psnr_of(error), runs[setting.label],
         ))
     return rows
