@@ -20,7 +20,7 @@ FN_LOOKBACK = 6  # Fn residual diffs kept per call: against each of the 6 calls 
 
 
 @dataclass(frozen=True)
-class CalibrationCall:
+class RecordedCall:
     """One model call of a calibration run.
 
     Args:
@@ -50,7 +50,7 @@ class CalibrationCall:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> CalibrationCall:
+    def from_json(cls, data: dict) -> RecordedCall:
         return cls(
             step=int(data["step"]),
             sigma=float(data["sigma"]),
@@ -62,18 +62,18 @@ class CalibrationCall:
 
 
 @dataclass(frozen=True)
-class CalibrationRun:
+class RecordedRun:
     """One uncached sampling run, call by call."""
 
     total_steps: int
-    calls: tuple[CalibrationCall, ...]
+    calls: tuple[RecordedCall, ...]
 
     def to_json(self) -> dict:
         return {"total_steps": self.total_steps, "calls": [c.to_json() for c in self.calls]}
 
     @classmethod
-    def from_json(cls, data: dict) -> CalibrationRun:
-        return cls(int(data["total_steps"]), tuple(CalibrationCall.from_json(c) for c in data["calls"]))
+    def from_json(cls, data: dict) -> RecordedRun:
+        return cls(int(data["total_steps"]), tuple(RecordedCall.from_json(c) for c in data["calls"]))
 
 
 def _optional_float(value: object) -> float | None:
@@ -93,7 +93,7 @@ class RescaleFit:
         return f"coefficients [{coefficients}], R² {self.r2:.4f} on {self.samples} samples"
 
 
-def samples(runs: Sequence[CalibrationRun]) -> tuple[np.ndarray, np.ndarray]:
+def samples(runs: Sequence[RecordedRun]) -> tuple[np.ndarray, np.ndarray]:
     """(indicator change, output change) pairs of every branch of every call where both were measured."""
     pairs = [
         (x, y)
@@ -120,5 +120,5 @@ def fit_rescale(x: np.ndarray, y: np.ndarray, degree: int = DEGREE) -> RescaleFi
     return RescaleFit(tuple(float(c) for c in coefficients), r2, len(x))
 
 
-def fit_runs(runs: Sequence[CalibrationRun], degree: int = DEGREE) -> RescaleFit:
+def fit_runs(runs: Sequence[RecordedRun], degree: int = DEGREE) -> RescaleFit:
     return fit_rescale(*samples(runs), degree=degree)

@@ -15,7 +15,7 @@ from functools import partial
 
 import torch
 
-from .calibration import CalibrationRun
+from .calibration import RecordedRun
 from .dbcache import DBCacheConfig, DBCacheRun
 from .teacache import TeaCacheConfig, TeaCacheRun
 
@@ -53,7 +53,7 @@ def speedup(computed: int, total: int) -> float:
     return total / computed if computed else math.inf
 
 
-def teacache_counts(runs: Sequence[CalibrationRun], config: TeaCacheConfig, window: SigmaWindow) -> tuple[int, int]:
+def teacache_counts(runs: Sequence[RecordedRun], config: TeaCacheConfig, window: SigmaWindow) -> tuple[int, int]:
     """(computed calls, calls) that TeaCache's rule gives on the recorded indicator changes."""
     computed = total = 0
     for run in runs:
@@ -66,7 +66,7 @@ def teacache_counts(runs: Sequence[CalibrationRun], config: TeaCacheConfig, wind
     return computed, total
 
 
-def dbcache_counts(runs: Sequence[CalibrationRun], config: DBCacheConfig) -> tuple[int, int]:
+def dbcache_counts(runs: Sequence[RecordedRun], config: DBCacheConfig) -> tuple[int, int]:
     """(computed calls, calls) that DBCache's gates give on the recorded first-block residual diffs.
 
     Each call's probe is stood in for by its index in the branch; the gate reads the recorded
@@ -129,7 +129,7 @@ def choose_threshold(
 
 
 def teacache_threshold(
-    runs: Sequence[CalibrationRun], config: TeaCacheConfig, target: float, window: SigmaWindow = SigmaWindow()
+    runs: Sequence[RecordedRun], config: TeaCacheConfig, target: float, window: SigmaWindow = SigmaWindow()
 ) -> ThresholdChoice:
     """rel_l1_thresh for `target` with these coefficients and settings (config's own threshold is ignored)."""
     return choose_threshold(
@@ -137,7 +137,7 @@ def teacache_threshold(
     )
 
 
-def dbcache_threshold(runs: Sequence[CalibrationRun], config: DBCacheConfig, target: float) -> ThresholdChoice:
+def dbcache_threshold(runs: Sequence[RecordedRun], config: DBCacheConfig, target: float) -> ThresholdChoice:
     """residual_diff_threshold for `target` with the other gates of `config`."""
     return choose_threshold(
         lambda t: speedup(*dbcache_counts(runs, replace(config, residual_diff_threshold=t))), target, DBCACHE_MAX_THRESH

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .calibration import CalibrationRun, RescaleFit, fit_runs
+from .calibration import RecordedRun, RescaleFit, fit_runs
 from .target_speedup import teacache_threshold
 from .teacache import TeaCacheConfig
 from .teacache_presets import PRESETS, TeaCachePreset
@@ -35,7 +35,7 @@ class PresetFileError(ValueError):
 class UserPreset:
     preset: TeaCachePreset
     fit: RescaleFit | None
-    runs: tuple[CalibrationRun, ...]
+    runs: tuple[RecordedRun, ...]
     model: str = ""  # the model it was calibrated on, for people reading the file
 
     @property
@@ -64,7 +64,7 @@ def names(directory: Path) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.json") if _NAME.fullmatch(p.stem))
 
 
-def calibrated(name: str, base: TeaCachePreset, runs: Sequence[CalibrationRun], model: str = "") -> UserPreset:
+def calibrated(name: str, base: TeaCachePreset, runs: Sequence[RecordedRun], model: str = "") -> UserPreset:
     """A preset fitted on `runs`, keeping the indicator and forced steps of the preset it was recorded with."""
     fit = fit_runs(runs)
     config = TeaCacheConfig(0.0, fit.coefficients, warmup_steps=base.warmup_steps, force_last_step=base.force_last_step)
@@ -126,7 +126,7 @@ def from_json(data: dict) -> UserPreset:
     return UserPreset(
         preset,
         RescaleFit(coefficients, float(fit["r2"]), int(fit["samples"])) if fit else None,
-        tuple(CalibrationRun.from_json(r) for r in data.get("runs", [])),
+        tuple(RecordedRun.from_json(r) for r in data.get("runs", [])),
         str(data.get("model", "")),
     )
 

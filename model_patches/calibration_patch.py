@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..caching.calibration import FN_LOOKBACK, CalibrationCall, CalibrationRun
+from ..caching.calibration import FN_LOOKBACK, RecordedCall, RecordedRun
 from ..caching.dbcache import residual_diff_tensor
 from ..caching.records import RunSummary
 from ..caching.schedule import StepSchedule
@@ -66,7 +66,7 @@ class CalibrationPatch:
             )
         return existing
 
-    def add_run(self, run: CalibrationRun) -> UserPreset:
+    def add_run(self, run: RecordedRun) -> UserPreset:
         existing = self.existing()
         runs = (*(existing.runs if existing else ()), run)
         preset = calibrated(self.name, self.base, runs, self.model)
@@ -84,7 +84,7 @@ class CalibrationSampling(SamplingRun):
         self.branch_ids: dict[Hashable, int] = {}
         self.previous: dict[Hashable, tuple[torch.Tensor, torch.Tensor]] = {}  # last (indicator, output)
         self.fn_history: dict[Hashable, deque[torch.Tensor]] = {}
-        self.calls: list[CalibrationCall] = []
+        self.calls: list[RecordedCall] = []
 
     @eager_frame
     def on_block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:
@@ -135,7 +135,7 @@ class CalibrationSampling(SamplingRun):
             fn_diffs.append(tuple(next(values) for _ in range(lookback)))
         branches = tuple(self.branch_ids.setdefault(k, len(self.branch_ids)) for k in keys)
         self.calls.append(
-            CalibrationCall(
+            RecordedCall(
                 call.step, call.sigma, branches, tuple(indicator_changes), tuple(output_changes), tuple(fn_diffs)
             )
         )
@@ -149,7 +149,7 @@ class CalibrationSampling(SamplingRun):
             logger.warning("Calibrate TeaCache [%s]: %s", self.family.name, self.patch.last_error)
             return
         try:
-            preset = self.patch.add_run(CalibrationRun(self.schedule.total_steps, tuple(self.calls)))
+            preset = self.patch.add_run(RecordedRun(self.schedule.total_steps, tuple(self.calls)))
         except Exception as error:  # never fail the render because of the calibration
             self.patch.last_error = str(error)
             logger.warning("Calibrate TeaCache: this run was not saved: %s", error)

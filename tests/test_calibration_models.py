@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tiny_models as tm
 import torch
-from dit_cache.caching.calibration import FN_LOOKBACK, CalibrationCall, CalibrationRun, samples
+from dit_cache.caching.calibration import FN_LOOKBACK, RecordedCall, RecordedRun, samples
 from dit_cache.caching.target_speedup import dbcache_counts
 from dit_cache.caching.user_presets import PresetFileError, load
 from dit_cache.model_patches.calibration_patch import CalibrationPatch
@@ -160,7 +160,7 @@ def test_cachedit_target_speedup_from_a_calibration(models) -> None:
     assert "missing.json" in ApplyCacheDiT.VALIDATE_INPUTS(calibration="user:missing")
 
 
-def _recorded(summary: Any) -> CalibrationRun:
+def _recorded(summary: Any) -> RecordedRun:
     """A live Cache-DiT run's record as a calibration run: each branch's diff where the replay will look it up.
 
     The live gate compared each call's probe with the one its branch stored last (at its last
@@ -180,8 +180,8 @@ def _recorded(summary: Any) -> CalibrationRun:
             if record.computed:
                 stored[branch] = index
         none = (None,) * len(record.branches)
-        calls.append(CalibrationCall(record.step, 1.0, record.branches, none, none, tuple(fn_diffs)))
-    return CalibrationRun(summary.total_steps, tuple(calls))
+        calls.append(RecordedCall(record.step, 1.0, record.branches, none, none, tuple(fn_diffs)))
+    return RecordedRun(summary.total_steps, tuple(calls))
 
 
 def test_the_target_speedup_replay_decides_as_the_live_run_on_its_own_record(models) -> None:

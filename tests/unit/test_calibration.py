@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from dit_cache.caching import user_presets as up
-from dit_cache.caching.calibration import CalibrationCall, CalibrationRun, fit_rescale, fit_runs
+from dit_cache.caching.calibration import RecordedCall, RecordedRun, fit_rescale, fit_runs
 from dit_cache.caching.dbcache import DBCacheBranch, DBCacheConfig
 from dit_cache.caching.target_speedup import (
     SigmaWindow,
@@ -25,13 +25,13 @@ from probes import replay_rule
 TRUE = (5.0, -4.0, 2.0, 0.5, 0.01)
 
 
-def synthetic_run(rng: np.random.Generator, steps: int = 20, branches: int = 1, noise: float = 0.0) -> CalibrationRun:
+def synthetic_run(rng: np.random.Generator, steps: int = 20, branches: int = 1, noise: float = 0.0) -> RecordedRun:
     calls = []
     for step in range(steps):
         x = [None if step == 0 else float(rng.uniform(0.02, 0.6)) for _ in range(branches)]
         y = [None if v is None else float(np.polyval(TRUE, v) + rng.normal(0, noise)) for v in x]
-        calls.append(CalibrationCall(step, 1.0 - step / steps, tuple(range(branches)), tuple(x), tuple(y)))
-    return CalibrationRun(steps, tuple(calls))
+        calls.append(RecordedCall(step, 1.0 - step / steps, tuple(range(branches)), tuple(x), tuple(y)))
+    return RecordedRun(steps, tuple(calls))
 
 
 def test_fit_recovers_known_coefficients() -> None:
@@ -132,12 +132,12 @@ def test_dbcache_replay_matches_the_engine_on_real_tensors() -> None:
     for _ in range(19):
         residuals.append(residuals[-1] + 0.15 * torch.randn(64, generator=generator))
     calls = tuple(
-        CalibrationCall(step, 1.0, (0,), (None,), (None,),
+        RecordedCall(step, 1.0, (0,), (None,), (None,),
                         ((tuple(relative_l1(residuals[step - k], residuals[step]).item()
                                 for k in range(1, min(step, 6) + 1))),))
         for step in range(20)
     )
-    run = CalibrationRun(20, calls)
+    run = RecordedRun(20, calls)
     for threshold in (0.02, 0.05, 0.08, 0.12):
         config = DBCacheConfig(residual_diff_threshold=threshold, max_warmup_steps=2, max_continuous_cached_steps=3)
         engine = DBCacheBranch(config, 20)
