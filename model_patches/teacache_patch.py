@@ -106,9 +106,11 @@ class TeaCacheSampling(SamplingRun):
 
     def _store(self, kind: str, out: BlockArgs) -> None:
         call = self.call
-        residual = self.stack_residual(kind, out)
-        # What acts between blocks is not the model's own: never replay it (None: the next call computes).
-        self.run.store(call.keys, None if call.between_blocks else residual)
+        if call.between_blocks:  # what acts between blocks is not the model's own: never replay it
+            call.stack_input = None
+            self.run.store(call.keys, None)  # the next call computes
+            return
+        self.run.store(call.keys, self.stack_residual(kind, out))
 
     def finish(self) -> None:
         summary = replace(self.run.summary(), disabled=self.failure)

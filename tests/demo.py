@@ -204,7 +204,7 @@ def _caption(draw: ImageDraw.ImageDraw, xy: tuple[int, int], lines: list[str]) -
 
 def draw_picture(rows: list[Row], server: ComfyServer, path: Path) -> None:
     """Per fixture: the first sample's final latent, uncached and per method, captioned; the Cache report beside."""
-    import trained_models  # imported here: it builds on the host ComfyUI, which the tables never import
+    import trained_models  # imported here: it imports comfy, which importing workflows_api puts on sys.path
 
     pad, caption_h = 12, 44
     tiles: list[list[tuple[Image.Image, list[str]]]] = []
