@@ -78,7 +78,7 @@ def prompts(seeds: tuple[int, ...]) -> list[tuple[int, int]]:
 
 def calibrate(model: Any, setting: Setting, name: str, seeds: tuple[int, ...]) -> tuple[Any, list[torch.Tensor]]:
     """Calibrate TeaCache over these prompts; returns the node's MODEL and the (uncached) results."""
-    (patched,) = CalibrateTeaCache().apply(model, name, "auto", True)  # a fresh user directory: starts empty
+    (patched,) = CalibrateTeaCache.execute(model, preset_name=name, model_type="auto", append=True)  # a fresh user directory: starts empty
     return patched, [sample(patched, setting, class_index, seed) for class_index, seed in prompts(seeds)]
 
 
@@ -89,7 +89,7 @@ def r2(coefficients: tuple[float, ...], x: np.ndarray, y: np.ndarray) -> float:
 
 def run_teacache(model: Any, setting: Setting, preset: str, thresh: float, coefficients: str, target: float,
                  references: list[torch.Tensor]) -> dict[str, float]:
-    (patched,) = ApplyTeaCache().apply(model, preset, thresh, 0.0, 1.0, "main_device", coefficients, target)
+    (patched,) = ApplyTeaCache.execute(model, model_type=preset, rel_l1_thresh=thresh, coefficients=coefficients, target_speedup=target)
     return measure(patched, "teacache", setting, references)
 
 
@@ -112,7 +112,7 @@ def fixture_section(setting: Setting, docs: Path) -> list[str]:
     name = f"trained_{setting.fixture}"
     patched, _ = calibrate(model, setting, name, CALIBRATION_SEEDS)
     user = load(presets_directory() / f"{name}.json")
-    plot, _ = CalibrationReport().report(patched, None)
+    plot, _ = CalibrationReport.execute(patched, None)
     Image.fromarray((plot[0].numpy() * 255).round().astype(np.uint8)).save(docs / f"calibration-{setting.fixture}.png")
 
     _, references = calibrate(model, setting, f"{name}_held_out", HELD_OUT_SEEDS)
@@ -161,7 +161,7 @@ def fixture_section(setting: Setting, docs: Path) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for target in (1.5, 2.0):
-        (cached,) = ApplyCacheDiT().apply(model, target_speedup=target, calibration=f"user:{name}")
+        (cached,) = ApplyCacheDiT.execute(model, target_speedup=target, calibration=f"user:{name}")
         row = measure(cached, "cachedit", setting, references)
         predicted = dbcache_threshold(user.runs, DBCacheConfig(), target).predicted  # the node's own defaults
         lines.append(f"| {target:g}x | {row['threshold']:.4g} | {predicted:.2f}x | {row['speedup']:.2f}x "

@@ -29,21 +29,11 @@ class Method:
         return f"{self.curve} {self.setting}".strip()
 
 
-def node_defaults(node: type) -> dict[str, Any]:
-    """Every widget input's default (a combo's first choice), read from the node's INPUT_TYPES."""
-    defaults = {}
-    for section in node.INPUT_TYPES().values():
-        for name, (kind, *options) in section.items():
-            if isinstance(kind, list | tuple):
-                defaults[name] = kind[0]
-            elif options and "default" in options[0]:
-                defaults[name] = options[0]["default"]
-    return defaults
+def _our_node(node: Any, **settings: Any) -> Callable[[Any], Any]:
+    """Our node with `settings`; every other input keeps the node's default."""
 
-
-def _our_node(node: type, **settings: Any) -> Callable[[Any], Any]:
     def apply(model: Any) -> Any:
-        (patched,) = getattr(node(), node.FUNCTION)(model=model, **{**node_defaults(node), **settings})
+        (patched,) = node.execute(model, **settings)
         return patched
 
     return apply

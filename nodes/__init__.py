@@ -1,4 +1,4 @@
-"""The pack's ComfyUI nodes (V1 API: stable across ComfyUI versions)."""
+"""The pack's ComfyUI nodes, on the V3 schema (comfy_api.latest, as ComfyUI's own nodes; in both test hosts)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,8 @@ from .calibration_node import CalibrateTeaCache, CalibrationReport
 from .report_node import CacheReport
 from .teacache_node import ApplyTeaCache
 
-NODE_CLASS_MAPPINGS = {
-    "DiTCache_ApplyTeaCache": ApplyTeaCache,
-    "DiTCache_ApplyCacheDiT": ApplyCacheDiT,
-    "DiTCache_CalibrateTeaCache": CalibrateTeaCache,
-    "DiTCache_CalibrationReport": CalibrationReport,
-    "DiTCache_CacheReport": CacheReport,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "DiTCache_ApplyTeaCache": "Apply TeaCache",
-    "DiTCache_ApplyCacheDiT": "Apply Cache-DiT (DBCache/TaylorSeer/SCM)",
-    "DiTCache_CalibrateTeaCache": "Calibrate TeaCache",
-    "DiTCache_CalibrationReport": "TeaCache calibration report",
-    "DiTCache_CacheReport": "Cache report",
-}
+_NODES = (ApplyTeaCache, ApplyCacheDiT, CalibrateTeaCache, CalibrationReport, CacheReport)
+_SCHEMAS = {node: node.define_schema() for node in _NODES}
+
+NODE_CLASS_MAPPINGS = {schema.node_id: node for node, schema in _SCHEMAS.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {schema.node_id: schema.display_name for schema in _SCHEMAS.values()}

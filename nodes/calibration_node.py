@@ -7,13 +7,16 @@ import logging
 from typing import Any
 
 import torch
+from comfy_api.latest import io
 
 from ..caching.calibration import samples
-from ..caching.teacache_presets import MODEL_TYPES, PRESETS
-from ..caching.user_presets import PREFIX, RECOMMENDED_SPEEDUP, check_name, path_for, to_json
+from ..caching.node_inputs import CALIBRATION, read
+from ..caching.teacache_presets import PRESETS
+from ..caching.user_presets import PREFIX, RECOMMENDED_SPEEDUP, path_for, to_json
 from ..model_patches.registry import detect_or_warn, diffusion_model_class, supported
 from .presets import presets_directory
 from .report_images import render_fit, to_array
+from .schema import validation, widgets
 
 logger = logging.getLogger(__name__)
 
@@ -23,96 +26,71 @@ def image_batch(*images: Any) -> torch.Tensor:
     return torch.stack([torch.from_numpy(to_array(image)) for image in images])
 
 
-class CalibrateTeaCache:
-    DESCRIPTION = (
-        "Records, during one normal sampling run (nothing is skipped), how much TeaCache's indicator and the "
-        "model's output change from step to step, fits TeaCache's rescale polynomial (degree 4) and saves it as "
-        "a preset 'user:<name>' that Apply TeaCache lists after a refresh. Runs with other prompts, seeds and "
-        "resolutions add to the same fit. Supports " + supported() + "."
-    )
-    CATEGORY = "DiT Cache"
-    RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = ("The same model, observed while sampling: connect it to the sampler.",)
-    FUNCTION = "apply"
+class CalibrateTeaCache(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiTCache_CalibrateTeaCache",
+            display_name="Calibrate TeaCache",
+            category="DiT Cache",
+            description=(
+                "Records, during one normal sampling run (nothing is skipped), how much TeaCache's indicator and "
+                "the model's output change from step to step, fits TeaCache's rescale polynomial (degree 4) and "
+                "saves it as a preset 'user:<name>' that Apply TeaCache lists after a refresh. Runs with other "
+                "prompts, seeds and resolutions add to the same fit. Supports " + supported() + "."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model to calibrate (it is not modified)."),
+                *widgets(CALIBRATION),
+            ],
+            outputs=[io.Model.Output(tooltip="The same model, observed while sampling: connect it to the sampler.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The diffusion model to calibrate (it is not modified)."}),
-                "preset_name": (
-                    "STRING",
-                    {
-                        "default": "my_model",
-                        "tooltip": "Name of the preset to write (letters, digits, _ - .); saved in the ComfyUI "
-                        "user directory under dit_cache/teacache_presets/<name>.json.",
-                    },
-                ),
-                "model_type": (
-                    list(MODEL_TYPES),
-                    {
-                        "default": "auto",
-                        "tooltip": "Which preset's indicator and always-computed steps to calibrate for "
-                        "(Wan: *_ret presets use the e0 indicator). Its coefficients are not used.",
-                    },
-                ),
-                "append": (
-                    "BOOLEAN",
-                    {
-                        "default": True,
-                        "tooltip": "Add this run to the preset's earlier runs and refit on all of them; "
-                        "off: start the preset afresh.",
-                    },
-                ),
-            }
-        }
+    def validate_inputs(cls, **values: Any) -> bool | str:
+        return validation(lambda: read(CALIBRATION, values))
 
     @classmethod
-    def VALIDATE_INPUTS(cls, preset_name: str, model_type: str, append: bool) -> bool | str:
-        try:
-            if preset_name is not None:
-                check_name(preset_name)
-            if model_type is not None and model_type != "auto" and model_type not in PRESETS:
-                raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
-        except ValueError as error:
-            return str(error)
-        return True
-
-    def apply(self, model: Any, preset_name: str, model_type: str, append: bool) -> tuple[Any]:
+    def execute(cls, model: Any, **values: Any) -> io.NodeOutput:
+        values = read(CALIBRATION, values)
         family = detect_or_warn(model, "Calibrate TeaCache")
         if family is None:
-            return (model,)
+            return io.NodeOutput(model)
         # Imported here: the patching code needs ComfyUI's patching API, which loading the pack must not.
         from ..model_patches.calibration_patch import CalibrationPatch, apply_calibration
 
+        model_type = values["model_type"]
         base = PRESETS[family.auto_preset(model) if model_type == "auto" else model_type]
         config_name = type(getattr(model.model, "model_config", None)).__name__
         model_name = f"{diffusion_model_class(model)} ({config_name})"
-        patch = CalibrationPatch(family, base, check_name(preset_name), presets_directory(), bool(append), model_name)
+        patch = CalibrationPatch(
+            family, base, values["preset_name"], presets_directory(), values["append"], model_name
+        )
         patch.existing()  # a malformed or mismatched preset file fails here, naming the file, before sampling
-        return (apply_calibration(model, patch),)
+        return io.NodeOutput(apply_calibration(model, patch))
 
 
-class CalibrationReport:
-    DESCRIPTION = (
-        "Shows the fit of the latest Calibrate TeaCache run: indicator change against output change, the "
-        "fitted curve, coefficients, R² and sample count, as an IMAGE and as JSON. Place it after the sampler."
-    )
-    CATEGORY = "DiT Cache"
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("plot", "json")
-    FUNCTION = "report"
+class CalibrationReport(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiTCache_CalibrationReport",
+            display_name="TeaCache calibration report",
+            category="DiT Cache",
+            description=(
+                "Shows the fit of the latest Calibrate TeaCache run: indicator change against output change, the "
+                "fitted curve, coefficients, R² and sample count, as an IMAGE and as JSON. Place it after the "
+                "sampler."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The MODEL output of Calibrate TeaCache."),
+                io.Latent.Input("latent", tooltip="The sampler's output: makes the report run after sampling."),
+            ],
+            outputs=[io.Image.Output(display_name="plot"), io.String.Output(display_name="json")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The MODEL output of Calibrate TeaCache."}),
-                "latent": ("LATENT", {"tooltip": "The sampler's output: makes the report run after sampling."}),
-            }
-        }
-
-    def report(self, model: Any, latent: Any) -> tuple[torch.Tensor, str]:
+    def execute(cls, model: Any, latent: Any) -> io.NodeOutput:
         from ..model_patches.calibration_patch import CalibrationPatch
         from ..model_patches.sampling_hooks import installed
 
@@ -138,4 +116,4 @@ class CalibrationReport:
         data = {k: v for k, v in to_json(user).items() if k != "runs"}
         data["runs"] = len(user.runs)
         data["path"] = str(path)
-        return image_batch(render_fit(x, y, user.fit.coefficients, caption)), json.dumps(data, indent=1)
+        return io.NodeOutput(image_batch(render_fit(x, y, user.fit.coefficients, caption)), json.dumps(data, indent=1))

@@ -9,16 +9,10 @@ from typing import Any
 from ..caching.dbcache import DBCacheConfig
 from ..caching.target_speedup import SigmaWindow, dbcache_threshold, teacache_threshold
 from ..caching.teacache import TeaCacheConfig
-from ..caching.teacache_presets import MODEL_TYPES, PRESETS, TeaCachePreset
+from ..caching.teacache_presets import PRESETS, TeaCachePreset
 from ..caching.user_presets import PREFIX, PresetFileError, UserPreset, load, names, path_for
 
 logger = logging.getLogger(__name__)
-
-TARGET_SPEEDUP_TOOLTIP = (
-    "Optional: aim for this many times fewer transformer evaluations (e.g. 2.0) instead of giving the "
-    "threshold. Needs a calibrated preset (Calibrate TeaCache): the threshold is chosen by replaying its "
-    "runs. Without one the node says so and uses {fallback}. 0 = off."
-)
 
 
 def presets_directory() -> Path:
@@ -53,23 +47,8 @@ def resolve_teacache_preset(model_type: str) -> tuple[TeaCachePreset, UserPreset
     """A built-in preset, or a calibrated one with its calibration data; ValueError names the input."""
     if model_type in PRESETS:
         return PRESETS[model_type], None
-    if isinstance(model_type, str) and model_type.startswith(PREFIX):
-        user = load_user_preset(model_type, "model_type")
-        return user.preset, user
-    raise ValueError(
-        f"model_type must be one of {', '.join(MODEL_TYPES)} or a calibrated preset 'user:<name>', got {model_type!r}"
-    )
-
-
-def check_target(target: object) -> float:
-    """target_speedup as a float: 0 (off) or at least 1."""
-    try:
-        value = float(target or 0.0)
-    except (TypeError, ValueError):
-        raise ValueError(f"target_speedup must be a number, got {target!r}") from None
-    if value != 0.0 and not 1.0 <= value <= 20.0:
-        raise ValueError(f"target_speedup must be 0 (off) or between 1 and 20, got {value}")
-    return value
+    user = load_user_preset(model_type, "model_type")
+    return user.preset, user
 
 
 def sigma_window(model: Any, start_percent: float, end_percent: float) -> SigmaWindow:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import torch
+from comfy_api.latest import io
 from PIL import Image
 
 from .calibration_node import image_batch
@@ -38,27 +38,28 @@ def stacked(images: list[Image.Image]) -> Image.Image:
     return result
 
 
-class CacheReport:
-    DESCRIPTION = (
-        "What the cache did in the latest sampling run of this MODEL (Apply TeaCache or Apply Cache-DiT): a "
-        "timeline of computed and cached steps per CFG branch, the accumulated change against the threshold, "
-        "and the totals, as an IMAGE; the same data as JSON for scripts. Place it after the sampler."
-    )
-    CATEGORY = "DiT Cache"
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("report", "json")
-    FUNCTION = "report"
+class CacheReport(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiTCache_CacheReport",
+            display_name="Cache report",
+            category="DiT Cache",
+            description=(
+                "What the cache did in the latest sampling run of this MODEL (Apply TeaCache or Apply Cache-DiT): "
+                "a timeline of computed and cached steps per CFG branch, the accumulated change against the "
+                "threshold, and the totals, as an IMAGE; the same data as JSON for scripts. Place it after the "
+                "sampler."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The MODEL output of Apply TeaCache or Apply Cache-DiT."),
+                io.Latent.Input("latent", tooltip="The sampler's output: makes the report run after sampling."),
+            ],
+            outputs=[io.Image.Output(display_name="report"), io.String.Output(display_name="json")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The MODEL output of Apply TeaCache or Apply Cache-DiT."}),
-                "latent": ("LATENT", {"tooltip": "The sampler's output: makes the report run after sampling."}),
-            }
-        }
-
-    def report(self, model: Any, latent: Any) -> tuple[torch.Tensor, str]:
+    def execute(cls, model: Any, latent: Any) -> io.NodeOutput:
         reports = run_reports(model)
         if not reports:
             raise ValueError(
@@ -66,4 +67,4 @@ class CacheReport:
                 "the sampler used and the sampler's LATENT output"
             )
         image = stacked([render_report(r) for r in reports])
-        return image_batch(image), json.dumps({"runs": reports}, indent=1)
+        return io.NodeOutput(image_batch(image), json.dumps({"runs": reports}, indent=1))

@@ -6,6 +6,9 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 COMFYUI_PATH = Path(os.environ.get("COMFYUI_PATH", ROOT / ".host" / "ComfyUI")).resolve()
@@ -27,3 +30,23 @@ def _import_pack() -> None:
 
 
 _import_pack()
+
+
+class _TinyModels(dict):
+    """Tiny models by variant name, each loaded on first use."""
+
+    def __init__(self, cache: Path):
+        super().__init__()
+        self.cache = cache
+
+    def __missing__(self, variant: str) -> Any:
+        import tiny_models
+
+        self[variant] = tiny_models.load_model(variant, self.cache)
+        return self[variant]
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The tiny models, loaded once per session; the nodes patch clones, so tests share them."""
+    return _TinyModels(tmp_path_factory.mktemp("tiny-models"))

@@ -27,39 +27,62 @@ def _first_arg(index: int = 0) -> Callable:
     return lambda args, kwargs: args[index]
 
 
-# family -> where to look: (module path, which input/output) for each observation.
-_POINTS: dict[str, dict[str, Any]] = {
-    "flux": {
-        "modulated": ("double_blocks.0.img_attn.qkv", _first_arg()),
-        "stack_in": [("img_in", None)],
-        "stack_out": ("final_layer", _first_arg()),
-        "last_block": "single_blocks.-1",
-    },
-    "hunyuan_video": {
-        "modulated": ("double_blocks.0.img_attn.qkv", _first_arg()),
-        "stack_in": [("img_in", None)],
-        "stack_out": ("final_layer", _first_arg()),
-        "last_block": "single_blocks.-1",
-    },
-    "qwen_image": {
-        "modulated": ("transformer_blocks.0.attn", lambda args, kwargs: kwargs["hidden_states"]),
-        "stack_in": [("img_in", None)],
-        "stack_out": ("norm_out", _first_arg()),
-        "last_block": "transformer_blocks.-1",
-    },
-    "wan": {
-        "modulated": ("head", _first_arg(1)),  # the time embedding e that the head receives
-        "stack_in": [("patch_embedding", lambda out: out.flatten(2).transpose(1, 2))],
-        "stack_out": ("head", _first_arg()),
-        "last_block": "blocks.-1",
-    },
-    "z_image": {
-        "modulated": ("layers.0.attention", _first_arg()),
-        "stack_in": [("context_refiner.-1", None), ("noise_refiner.-1", None)],
-        "stack_out": ("final_layer", _first_arg()),
+@dataclass(frozen=True)
+class Layout:
+    """Where one family's transformer lives in ComfyUI's module tree, as the tests observe it.
+
+    blocks: the block lists of the cached stack, in execution order (Z-Image's refiners run before it);
+    modulated: TeaCache's indicator, as (module, which of its inputs); stack_in / stack_out: what enters
+    the stack (after these modules) and leaves it (into this module); last_block: a module entered only
+    when the last block really runs; first_block_image: which output of block 0 is the image stream
+    (None: the output itself).
+    """
+
+    blocks: tuple[str, ...]
+    modulated: tuple[str, Callable]
+    stack_in: tuple[tuple[str, Callable | None], ...]
+    stack_out: tuple[str, Callable]
+    last_block: str
+    first_block_image: int | None
+
+
+_DOUBLE_THEN_SINGLE = Layout(
+    blocks=("double_blocks", "single_blocks"),
+    modulated=("double_blocks.0.img_attn.qkv", _first_arg()),
+    stack_in=(("img_in", None),),
+    stack_out=("final_layer", _first_arg()),
+    last_block="single_blocks.-1",
+    first_block_image=0,
+)
+
+LAYOUTS: dict[str, Layout] = {
+    "flux": _DOUBLE_THEN_SINGLE,
+    "hunyuan_video": _DOUBLE_THEN_SINGLE,
+    "qwen_image": Layout(
+        blocks=("transformer_blocks",),
+        modulated=("transformer_blocks.0.attn", lambda args, kwargs: kwargs["hidden_states"]),
+        stack_in=(("img_in", None),),
+        stack_out=("norm_out", _first_arg()),
+        last_block="transformer_blocks.-1",
+        first_block_image=1,
+    ),
+    "wan": Layout(
+        blocks=("blocks",),
+        modulated=("head", _first_arg(1)),  # the time embedding e that the head receives
+        stack_in=(("patch_embedding", lambda out: out.flatten(2).transpose(1, 2)),),
+        stack_out=("head", _first_arg()),
+        last_block="blocks.-1",
+        first_block_image=None,
+    ),
+    "z_image": Layout(
+        blocks=("layers",),
+        modulated=("layers.0.attention", _first_arg()),
+        stack_in=(("context_refiner.-1", None), ("noise_refiner.-1", None)),
+        stack_out=("final_layer", _first_arg()),
         # The layer module itself is entered even when skipped (its forward is the pack's object patch).
-        "last_block": "layers.-1.attention",
-    },
+        last_block="layers.-1.attention",
+        first_block_image=None,
+    ),
 }
 
 
@@ -75,7 +98,7 @@ class ModelProbe:
 
     def __init__(self, model_patcher: Any, family: str):
         self.dm = model_patcher.model.diffusion_model
-        self.points = _POINTS[family]
+        self.layout = LAYOUTS[family]
         self.calls: list[CallTrace] = []
         self._handles: list[Any] = []
 
@@ -84,13 +107,13 @@ class ModelProbe:
             self.calls.append(CallTrace())
 
         self._handles.append(self.dm.register_forward_pre_hook(new_call))
-        path, pick = self.points["modulated"]
+        path, pick = self.layout.modulated
         self._pre(path, lambda a, k, pick=pick: self.calls[-1].modulated.append(pick(a, k).detach().clone()))
-        for path, transform in self.points["stack_in"]:
+        for path, transform in self.layout.stack_in:
             self._post(path, lambda out, t=transform: self.calls[-1].stack_in.append((t(out) if t else out).detach().clone()))
-        path, pick = self.points["stack_out"]
+        path, pick = self.layout.stack_out
         self._pre(path, lambda a, k, pick=pick: setattr(self.calls[-1], "stack_out", pick(a, k).detach().clone()))
-        self._pre(self.points["last_block"], lambda a, k: setattr(self.calls[-1], "last_block_ran", True))
+        self._pre(self.layout.last_block, lambda a, k: setattr(self.calls[-1], "last_block_ran", True))
         return self
 
     def _pre(self, path: str, record: Callable) -> None:

@@ -14,8 +14,32 @@ from dit_cache.caching.records import RunSummary
 from dit_cache.model_patches.cachedit_patch import CacheDiTPatch
 from dit_cache.model_patches.sampling_hooks import installed
 from dit_cache.model_patches.teacache_patch import TeaCachePatch
+from dit_cache.nodes.cachedit_node import ApplyCacheDiT
+from dit_cache.nodes.teacache_node import ApplyTeaCache
 
 PATCHES: dict[str, type] = {"teacache": TeaCachePatch, "cachedit": CacheDiTPatch}
+NODES: dict[str, Any] = {"teacache": ApplyTeaCache, "cachedit": ApplyCacheDiT}
+METHODS: tuple[str, ...] = tuple(NODES)
+
+IDENTITY = "1, 0"  # TeaCache's rescale(x) = x: thresholds read directly as accumulated relative L1
+OFF: dict[str, dict[str, Any]] = {
+    "teacache": {"rel_l1_thresh": 0.0},
+    "cachedit": {"residual_diff_threshold": 0.0, "max_warmup_steps": 0},
+}
+"""Each method with caching off: it must be bit-identical to the model it patches."""
+EAGER: dict[str, dict[str, Any]] = {
+    "teacache": {"rel_l1_thresh": 10.0, "coefficients": IDENTITY},
+    "cachedit": {"residual_diff_threshold": 1.0, "max_warmup_steps": 2, "max_continuous_cached_steps": -1},
+}
+"""Each method caching whatever its rules allow: TeaCache at its widest threshold on the identity rescale,
+Cache-DiT on every step after a warm-up of 2."""
+
+
+def apply(model: Any, method: str, **settings: Any) -> Any:
+    """`model` through the method's node with `settings` (the node's defaults for the rest); a new MODEL."""
+    (patched,) = NODES[method].execute(model, **settings)
+    assert patched is not model
+    return patched
 
 
 def patch_of(model: Any, method: str) -> Any:

@@ -11,28 +11,14 @@ import runs
 import tiny_models as tm
 import torch
 from dit_cache.nodes.cachedit_node import ApplyCacheDiT
+from probes import LAYOUTS
 
 STEPS = 10
-ALL = ["flux", "flux_schnell", "wan21_t2v", "wan21_i2v", "wan22_5b", "hunyuan_video", "qwen_image", "z_image"]
-# Where each family's block list lives, in execution order (module paths on the diffusion model).
-BLOCK_LISTS = {
-    "flux": ["double_blocks", "single_blocks"], "flux_schnell": ["double_blocks", "single_blocks"],
-    "hunyuan_video": ["double_blocks", "single_blocks"], "qwen_image": ["transformer_blocks"],
-    "wan21_t2v": ["blocks"], "wan21_i2v": ["blocks"], "wan22_5b": ["blocks"], "z_image": ["layers"],
-}
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    cache = tmp_path_factory.mktemp("tiny-models")
-    return {v: tm.load_model(v, cache) for v in ALL}
-
+ALL = tm.VARIANTS
 
 
 def cachedit(model: Any, **settings: Any) -> Any:
-    (patched,) = ApplyCacheDiT().apply(model, **settings)
-    assert patched is not model
-    return patched
+    return runs.apply(model, "cachedit", **settings)
 
 
 sample = partial(runs.sample, steps=STEPS)
@@ -44,7 +30,7 @@ def last_run(patched: Any) -> Any:
 
 def blocks(model: Any, variant: str) -> list[torch.nn.Module]:
     dm = model.model.diffusion_model
-    return [block for name in BLOCK_LISTS[variant] for block in getattr(dm, name)]
+    return [block for name in LAYOUTS[tm.family(variant)].blocks for block in getattr(dm, name)]
 
 
 class BlockCounter:
@@ -77,16 +63,6 @@ class BlockCounter:
 
 
 @pytest.mark.parametrize("variant", ALL)
-def test_zero_threshold_is_bit_identical(models, variant) -> None:
-    model = models[variant]
-    expected = sample(model, variant)
-    patched = cachedit(model, residual_diff_threshold=0.0, max_warmup_steps=0)
-    assert torch.equal(sample(patched, variant), expected)
-    run = last_run(patched)
-    assert [r.step for r in run.records] == list(range(STEPS)) and all(r.computed for r in run.records)
-
-
-@pytest.mark.parametrize("variant", ALL)
 def test_forced_caching_skips_exactly_the_middle_blocks(models, variant) -> None:
     model = models[variant]
     n = len(blocks(model, variant))
@@ -103,13 +79,7 @@ def test_forced_caching_skips_exactly_the_middle_blocks(models, variant) -> None
     assert torch.isfinite(result).all()
 
 
-# The image stream out of block 0 (Fn = 1), and the module that receives the stack's output.
-FIRST_BLOCK_IMAGE = {"flux": 0, "hunyuan_video": 0, "qwen_image": 1, "wan21_t2v": None, "z_image": None}
-STACK_OUTPUT_MODULE = {"flux": "final_layer", "hunyuan_video": "final_layer", "qwen_image": "norm_out",
-                       "wan21_t2v": "head", "z_image": "final_layer"}
-
-
-@pytest.mark.parametrize("variant", list(FIRST_BLOCK_IMAGE))
+@pytest.mark.parametrize("variant", tm.ONE_PER_FAMILY)
 def test_cached_step_output_is_the_fn_output_plus_the_cached_middle_residual(models, variant) -> None:
     """With Fn = 1 and Bn = 0: on a cached step, stack output = block-0 output + the residual the
     middle blocks produced on the last computed step (image tokens), exactly."""
@@ -119,11 +89,12 @@ def test_cached_step_output_is_the_fn_output_plus_the_cached_middle_residual(mod
                        max_continuous_cached_steps=-1)
     fn_out: list[torch.Tensor] = []
     stack_out: list[torch.Tensor] = []
-    index = FIRST_BLOCK_IMAGE[variant]
+    layout = LAYOUTS[tm.family(variant)]
+    index = layout.first_block_image
     first = blocks(model, variant)[0]
     handles = [
         first.register_forward_hook(lambda m, a, out: fn_out.append((out if index is None else out[index]).clone())),
-        getattr(dm, STACK_OUTPUT_MODULE[variant]).register_forward_pre_hook(lambda m, a: stack_out.append(a[0].clone())),
+        getattr(dm, layout.stack_out[0]).register_forward_pre_hook(lambda m, a: stack_out.append(a[0].clone())),
     ]
     try:
         sample(patched, variant)
@@ -174,30 +145,7 @@ def test_cfg_branches_keep_separate_state(models, path) -> None:
 
 def test_fn_plus_bn_must_leave_middle_blocks(models) -> None:
     with pytest.raises(ValueError, match="less than this flux model's 4 transformer blocks"):
-        ApplyCacheDiT().apply(models["flux"], Fn_compute_blocks=3, Bn_compute_blocks=1)
-
-
-def test_unsupported_model_passes_through(caplog) -> None:
-    lumina2 = tm.load_model("lumina2")
-    (out,) = ApplyCacheDiT().apply(lumina2)
-    assert out is lumina2 and "NextDiT is not supported" in caplog.text
-
-
-@pytest.mark.parametrize(
-    ("inputs", "named"),
-    [
-        ({"residual_diff_threshold": -0.1}, "residual_diff_threshold"),
-        ({"Fn_compute_blocks": 0}, "Fn_compute_blocks"),
-        ({"taylorseer_order": 7}, "taylorseer_order"),
-        ({"scm_preset": "custom", "scm_compute_bins": "6, x"}, "scm_compute_bins"),
-        ({"scm_preset": "custom"}, "scm"),
-        ({"scm_policy": "sometimes"}, "scm_policy"),
-    ],
-)
-def test_invalid_inputs_are_rejected_naming_the_input(inputs, named) -> None:
-    verdict = ApplyCacheDiT.VALIDATE_INPUTS(**inputs)
-    assert isinstance(verdict, str) and named in verdict, verdict
-    assert ApplyCacheDiT.VALIDATE_INPUTS() is True
+        ApplyCacheDiT.execute(models["flux"], Fn_compute_blocks=3, Bn_compute_blocks=1)
 
 
 def test_taylorseer_hidden_states_with_bn_blocks_that_update_in_place(models) -> None:
@@ -227,37 +175,6 @@ def test_scm_custom_bins(models) -> None:
                        scm_compute_bins="4, 2, 1", scm_cache_bins="2, 1")
     sample(patched, "wan21_t2v")
     assert [r.computed for r in last_run(patched).records] == [True] * 4 + [False] * 2 + [True] * 2 + [False] + [True]
-
-
-def test_wan22_experts_each_get_their_own_settings_and_a_clean_start(tmp_path) -> None:
-    high, low = tm.load_model("wan22_high", tmp_path), tm.load_model("wan22_low", tmp_path)
-    high_dc = cachedit(high, residual_diff_threshold=1.0, max_warmup_steps=1, max_continuous_cached_steps=-1)
-    low_dc = cachedit(low, residual_diff_threshold=0.0)
-    latent = tm.latent("wan22_high")["samples"]
-    noise = comfy.sample.prepare_noise(latent, 0)
-    pos, neg = tm.conditioning("wan22_high", seed=1), tm.conditioning("wan22_high", seed=2)
-    mid = comfy.sample.sample(high_dc, noise, 8, 1.0, "euler", "simple", pos, neg, latent, start_step=0, last_step=4,
-                              force_full_denoise=False, disable_pbar=True, seed=0)
-    comfy.sample.sample(low_dc, noise, 8, 1.0, "euler", "simple", pos, neg, mid, disable_noise=True, start_step=4,
-                        last_step=8, force_full_denoise=True, disable_pbar=True, seed=0)
-    high_run, low_run = last_run(high_dc), last_run(low_dc)
-    assert [r.step for r in high_run.records] == [0, 1, 2, 3] == [r.step for r in low_run.records]
-    assert [r.computed for r in high_run.records] == [True, False, False, False]
-    assert all(r.computed for r in low_run.records)
-
-
-def test_per_block_patches_force_computing(models) -> None:
-    model = models["qwen_image"].clone()
-    seen: list[int] = []
-
-    def double_block_patch(args: dict) -> dict:
-        seen.append(args["block_index"])
-        return {"img": args["img"], "txt": args["txt"]}
-
-    model.set_model_patch(double_block_patch, "double_block")
-    patched = cachedit(model, residual_diff_threshold=1.0, max_warmup_steps=1)
-    assert torch.equal(sample(patched, "qwen_image"), sample(model, "qwen_image"))
-    assert all(r.computed for r in last_run(patched).records) and len(seen) == 2 * STEPS * 3
 
 
 def test_multi_evaluation_sampler_counts_sampler_steps(models) -> None:

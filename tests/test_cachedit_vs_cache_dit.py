@@ -449,7 +449,7 @@ def test_same_decisions_and_outputs_as_cache_dit(setups, case: Case) -> None:
     their_diffs = {int(step): diff for step, diff in stats.residual_diffs.items()}
 
     # our node in ComfyUI
-    (patched,) = ApplyCacheDiT().apply(setup.model, **case.node_inputs())
+    (patched,) = ApplyCacheDiT.execute(setup.model, **case.node_inputs())
     assert patched is not setup.model
     latent, outputs = sample_comfy(setup, patched, case.steps)
     records = last_run(patched, "cachedit").records

@@ -32,12 +32,6 @@ from runs import patch_of, sample
 STEPS = 8
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    cache = tmp_path_factory.mktemp("tiny-models")
-    return {v: tm.load_model(v, cache) for v in ("flux", "wan21_t2v")}
-
-
 @pytest.fixture(autouse=True)
 def user_directory(tmp_path: Path) -> Any:
     """Presets go to a fresh ComfyUI user directory per test."""
@@ -49,7 +43,7 @@ def user_directory(tmp_path: Path) -> Any:
 
 
 def calibrate(model: Any, name: str = "tiny", model_type: str = "auto", append: bool = True) -> Any:
-    (patched,) = CalibrateTeaCache().apply(model, name, model_type, append)
+    (patched,) = CalibrateTeaCache.execute(model, preset_name=name, model_type=model_type, append=append)
     return patched
 
 
@@ -109,13 +103,13 @@ def test_runs_accumulate_into_one_fit_and_append_off_starts_afresh(models) -> No
 def test_apply_teacache_lists_and_uses_a_calibrated_preset(models, caplog) -> None:
     model = models["wan21_t2v"]
     sample(calibrate(model, "wan_tiny"), "wan21_t2v")
-    choices = ApplyTeaCache.INPUT_TYPES()["required"]["model_type"][0]
+    choices = ApplyTeaCache.INPUT_TYPES()["required"]["model_type"][1]["options"]
     assert "user:wan_tiny" in choices
-    assert ApplyTeaCache.VALIDATE_INPUTS("user:wan_tiny", 0.2, 0.0, 1.0, "main_device", "", 2.0) is True
-    assert "user:nope" in ApplyTeaCache.VALIDATE_INPUTS("user:nope", 0.2, 0.0, 1.0, "main_device")
-    assert "target_speedup" in ApplyTeaCache.VALIDATE_INPUTS("auto", 0.2, 0.0, 1.0, "main_device", "", 0.5)
+    assert ApplyTeaCache.validate_inputs(model_type="user:wan_tiny", rel_l1_thresh=0.2, target_speedup=2.0) is True
+    assert "user:nope" in ApplyTeaCache.validate_inputs(model_type="user:nope", rel_l1_thresh=0.2)
+    assert "target_speedup" in ApplyTeaCache.validate_inputs(model_type="auto", rel_l1_thresh=0.2, target_speedup=0.5)
     user = load(presets_directory() / "wan_tiny.json")
-    (patched,) = ApplyTeaCache().apply(model, "user:wan_tiny", 0.3, 0.0, 1.0, "main_device")
+    (patched,) = ApplyTeaCache.execute(model, model_type="user:wan_tiny", rel_l1_thresh=0.3)
     config = patch_of(patched, "teacache").config
     assert config.coefficients == user.preset.coefficients and config.rel_l1_thresh == 0.3
 
@@ -124,24 +118,24 @@ def test_target_speedup_lands_on_the_replayed_prediction(models) -> None:
     """Wan's indicator (the time embedding) does not depend on what was skipped: the replay is exact."""
     model = models["wan21_t2v"]
     sample(calibrate(model, "target"), "wan21_t2v")
-    (patched,) = ApplyTeaCache().apply(model, "user:target", 0.0, 0.0, 1.0, "main_device", "", 2.0)
+    (patched,) = ApplyTeaCache.execute(model, model_type="user:target", rel_l1_thresh=0.0, target_speedup=2.0)
     patch = patch_of(patched, "teacache")
     sample(patched, "wan21_t2v")
     run = patch.last_run
     assert patch.config.rel_l1_thresh > 0
     assert run.calls / run.calls_computed >= 2.0
     # The smallest such threshold: a hair lower no longer reaches the target on the same run.
-    (lower,) = ApplyTeaCache().apply(model, "user:target", patch.config.rel_l1_thresh * 0.999, 0.0, 1.0, "main_device")
+    (lower,) = ApplyTeaCache.execute(model, model_type="user:target", rel_l1_thresh=patch.config.rel_l1_thresh * 0.999)
     sample(lower, "wan21_t2v")
     lower_run = patch_of(lower, "teacache").last_run
     assert lower_run.calls / lower_run.calls_computed < 2.0
 
 
 def test_target_without_calibration_says_so_and_uses_the_recommended_threshold(models, caplog) -> None:
-    (patched,) = ApplyTeaCache().apply(models["flux"], "flux", 0.1, 0.0, 1.0, "main_device", "", 2.0)
+    (patched,) = ApplyTeaCache.execute(models["flux"], model_type="flux", rel_l1_thresh=0.1, target_speedup=2.0)
     assert patch_of(patched, "teacache").config.rel_l1_thresh == 0.4
     assert "has no calibration runs" in caplog.text
-    (cached,) = ApplyCacheDiT().apply(models["flux"], target_speedup=2.0, residual_diff_threshold=0.3)
+    (cached,) = ApplyCacheDiT.execute(models["flux"], target_speedup=2.0, residual_diff_threshold=0.3)
     assert patch_of(cached, "cachedit").config.residual_diff_threshold == 0.3
     assert "no calibration is chosen" in caplog.text
 
@@ -150,14 +144,14 @@ def test_cachedit_target_speedup_from_a_calibration(models) -> None:
     model = models["wan21_t2v"]
     sample(calibrate(model, "dbc"), "wan21_t2v")
     settings = {"max_warmup_steps": 2, "max_continuous_cached_steps": 2}
-    (patched,) = ApplyCacheDiT().apply(model, target_speedup=1.6, calibration="user:dbc", **settings)
+    (patched,) = ApplyCacheDiT.execute(model, target_speedup=1.6, calibration="user:dbc", **settings)
     patch = patch_of(patched, "cachedit")
     assert 0 < patch.config.residual_diff_threshold < 1
     sample(patched, "wan21_t2v")
     run = patch.last_run
     achieved = run.calls / run.calls_computed
     assert achieved >= 1.6 - 0.25  # the replay compares Fn residuals of the uncached run: close, not exact
-    assert "missing.json" in ApplyCacheDiT.VALIDATE_INPUTS(calibration="user:missing")
+    assert "missing.json" in ApplyCacheDiT.validate_inputs(calibration="user:missing")
 
 
 def _recorded(summary: Any) -> RecordedRun:
@@ -191,11 +185,11 @@ def test_the_target_speedup_replay_decides_as_the_live_run_on_its_own_record(mod
     """
     model = models["wan21_t2v"]
     settings = {"max_warmup_steps": 1, "max_continuous_cached_steps": 2}
-    (probe,) = ApplyCacheDiT().apply(model, residual_diff_threshold=0.999, **settings)
+    (probe,) = ApplyCacheDiT.execute(model, residual_diff_threshold=0.999, **settings)
     sample(probe, "wan21_t2v", cfg=5.0)
     diffs = sorted(d for r in patch_of(probe, "cachedit").last_run.records
                    for d in r.rel_l1 if d is not None)
-    (patched,) = ApplyCacheDiT().apply(model, residual_diff_threshold=diffs[len(diffs) // 2], **settings)
+    (patched,) = ApplyCacheDiT.execute(model, residual_diff_threshold=diffs[len(diffs) // 2], **settings)
     patch = patch_of(patched, "cachedit")
     sample(patched, "wan21_t2v", cfg=5.0)
     live = patch.last_run
@@ -218,7 +212,7 @@ def test_calibration_measures_the_first_block_residual_as_dbcache_gates_it_in_th
     recorded = [call.fn_diffs[0][0] for call in installed(calibrated, CalibrationPatch).last_preset.runs[-1].calls
                 if call.fn_diffs[0]]
     # A threshold no diff is under: every step computes (the same trajectory) and every diff is measured.
-    (measuring,) = ApplyCacheDiT().apply(model, residual_diff_threshold=1e-9, max_warmup_steps=0)
+    (measuring,) = ApplyCacheDiT.execute(model, residual_diff_threshold=1e-9, max_warmup_steps=0)
     sample(measuring, "wan21_t2v")
     gated = [r.rel_l1[0] for r in patch_of(measuring, "cachedit").last_run.records if r.rel_l1[0] is not None]
     assert len(recorded) == STEPS - 1 and recorded == gated
@@ -228,19 +222,19 @@ def test_malformed_preset_names_the_file(models) -> None:
     directory = presets_directory()
     directory.mkdir(parents=True)
     (directory / "broken.json").write_text("{not json")
-    message = ApplyTeaCache.VALIDATE_INPUTS("user:broken", 0.2, 0.0, 1.0, "main_device")
+    message = ApplyTeaCache.validate_inputs(model_type="user:broken", rel_l1_thresh=0.2)
     assert str(directory / "broken.json") in message
     with pytest.raises(PresetFileError, match="broken.json"):
         calibrate(models["flux"], "broken")
     (directory / "partial.json").write_text(json.dumps({"name": "partial", "family": "flux"}))
-    assert "missing key 'coefficients'" in ApplyTeaCache.VALIDATE_INPUTS("user:partial", 0.2, 0.0, 1.0, "main_device")
+    assert "missing key 'coefficients'" in ApplyTeaCache.validate_inputs(model_type="user:partial", rel_l1_thresh=0.2)
 
 
 def test_cache_report_shows_the_runs_timeline_signal_and_totals(models) -> None:
     model = models["wan21_t2v"]
-    (patched,) = ApplyTeaCache().apply(model, "wan2.1_t2v_1.3B", 1.0, 0.0, 1.0, "main_device", "1, 0")
+    (patched,) = ApplyTeaCache.execute(model, model_type="wan2.1_t2v_1.3B", rel_l1_thresh=1.0, coefficients="1, 0")
     latent = {"samples": sample(patched, "wan21_t2v")}
-    image, text = CacheReport().report(patched, latent)
+    image, text = CacheReport.execute(patched, latent)
     (data,) = json.loads(text)["runs"]
     run = patch_of(patched, "teacache").last_run
     assert [c["computed"] for c in data["per_call"]] == [r.computed for r in run.records]
@@ -262,7 +256,7 @@ def test_calibration_report_plots_the_samples_and_the_curve(models) -> None:
     model = models["flux"]
     patched = calibrate(model, "plot")
     latent = {"samples": sample(patched, "flux")}
-    image, text = CalibrationReport().report(patched, latent)
+    image, text = CalibrationReport.execute(patched, latent)
     data = json.loads(text)
     assert data["runs"] == 1 and data["fit"]["samples"] == STEPS - 1
     user = load(presets_directory() / "plot.json")
@@ -273,7 +267,7 @@ def test_calibration_report_plots_the_samples_and_the_curve(models) -> None:
         px, py = layout.point(a, b)
         assert tuple(pixels[py, px]) in (ri.SAMPLES, ri.THRESHOLD)  # a sample dot (or the curve over it)
     with pytest.raises(ValueError, match="does not come from Calibrate TeaCache"):
-        CalibrationReport().report(model, latent)
+        CalibrationReport.execute(model, latent)
 
 
 def test_a_failure_while_observing_never_changes_the_image_and_saves_nothing(models, caplog) -> None:
@@ -289,4 +283,4 @@ def test_a_failure_while_observing_never_changes_the_image_and_saves_nothing(mod
     assert not (presets_directory() / "failing.json").exists()
     assert "indicator exploded" in caplog.text and "this run was not saved" in patch.last_error
     with pytest.raises(ValueError, match="this run was not saved"):
-        CalibrationReport().report(patched, None)
+        CalibrationReport.execute(patched, None)

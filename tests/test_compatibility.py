@@ -29,24 +29,12 @@ import torch
 from comfy_extras.nodes_easycache import EasyCacheNode
 from dit_cache.caching.dbcache import DBCacheBranch
 from dit_cache.caching.teacache import TeaCacheRun
-from dit_cache.nodes.cachedit_node import ApplyCacheDiT
-from dit_cache.nodes.teacache_node import ApplyTeaCache
 from probes import replay_rule
-from runs import PATCHES, last_run, sample
+from runs import EAGER, METHODS, OFF, PATCHES, apply, last_run, sample
 
 import nodes
 
 STEPS = 8
-IDENTITY = "1, 0"  # TeaCache's rescale(x) = x: thresholds read directly as accumulated relative L1
-METHODS = list(PATCHES)
-FAMILIES = ("flux", "wan21_t2v", "hunyuan_video", "qwen_image", "z_image")  # one variant of each family
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    cache = tmp_path_factory.mktemp("tiny-models")
-    return {v: tm.load_model(v, cache) for v in FAMILIES}
-
 
 
 _PLAIN: dict[str, torch.Tensor] = {}
@@ -59,23 +47,14 @@ def plain(models: dict[str, Any], variant: str) -> torch.Tensor:
     return _PLAIN[variant]
 
 
-def teacache(model: Any, thresh: float = 100.0, device: str = "main_device") -> Any:
-    """TeaCache that skips whatever its first/last-step rules allow (identity rescale, high threshold)."""
-    return ApplyTeaCache().apply(model, "auto", thresh, 0.0, 1.0, device, IDENTITY)[0]
-
-
-def cachedit(model: Any, thresh: float = 1.0, device: str = "main_device") -> Any:
-    """Cache-DiT that caches every step after a warm-up of 2 (threshold 1 caches whatever the gates allow)."""
-    return ApplyCacheDiT().apply(model, residual_diff_threshold=thresh, max_warmup_steps=2,
-                                 max_continuous_cached_steps=-1, cache_device=device)[0]
-
-
-APPLY: dict[str, Callable[..., Any]] = {"teacache": teacache, "cachedit": cachedit}
+def eager(method: str, model: Any, **settings: Any) -> Any:
+    """The method caching whatever its rules allow (runs.EAGER)."""
+    return apply(model, method, **{**EAGER[method], **settings})
 
 
 def exact(method: str, model: Any) -> Any:
     """The method with caching off: must be bit-identical to the model it patches."""
-    return APPLY[method](model, 0.0)
+    return apply(model, method, **OFF[method])
 
 
 def warnings_with(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
@@ -112,8 +91,8 @@ def test_lora_before_or_after_the_node(models, flux_lora, method) -> None:
     assert torch.equal(sample(exact(method, with_lora(model, flux_lora)), "flux"), expected)
     assert torch.equal(sample(with_lora(exact(method, model), flux_lora), "flux"), expected)
 
-    before = APPLY[method](with_lora(model, flux_lora))
-    after = with_lora(APPLY[method](model), flux_lora)
+    before = eager(method, with_lora(model, flux_lora))
+    after = with_lora(eager(method, model), flux_lora)
     cached = sample(before, "flux")
     assert last_run(before, method).skipped_steps
     assert torch.equal(sample(after, "flux"), cached)  # the same patched weights, the same decisions
@@ -137,7 +116,7 @@ def test_weight_dtypes_and_manual_cast_ops_are_left_alone(tmp_path_factory, meth
     snapshot = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
     expected = sample(model, "wan21_t2v")
     assert torch.equal(sample(exact(method, model), "wan21_t2v"), expected)
-    patched = APPLY[method](model)
+    patched = eager(method, model)
     result = sample(patched, "wan21_t2v")
     assert last_run(patched, method).skipped_steps and torch.isfinite(result).all()
     assert patched.patches == model.patches == {}  # no weight patches: the node never touches weights
@@ -191,7 +170,7 @@ def test_controlnet_residuals_are_never_dropped(models, controlnets, method, var
     expected = sample(model, variant, positive=positive, negative=negative)
     assert not torch.equal(expected, plain(models, variant))  # the ControlNet really acts
     # Control on every step: every call computes, so the result is exactly the uncached one.
-    patched = APPLY[method](model)
+    patched = eager(method, model)
     assert torch.equal(sample(patched, variant, positive=positive, negative=negative), expected)
     run = last_run(patched, method)
     assert run.calls == STEPS and run.calls_computed == STEPS
@@ -207,25 +186,11 @@ def test_controlnet_residuals_are_never_dropped(models, controlnets, method, var
     assert not skipped & controlled_steps
 
 
-@pytest.mark.parametrize("node", [ApplyTeaCache, ApplyCacheDiT])
-def test_wan_vace_passes_through_with_one_warning(node, caplog) -> None:
-    config = comfy.supported_models.WAN21_Vace(
-        {**tm.unet_config("wan21_t2v"), "model_type": "vace", "vace_in_dim": 96, "vace_layers": 1}
-    )
-    config.set_inference_dtype(torch.float32, None)
-    vace = comfy.model_patcher.ModelPatcher(config.get_model({}), load_device="cpu", offload_device="cpu")
-    inputs = ("auto", 0.2, 0.0, 1.0, "main_device", "") if node is ApplyTeaCache else ()
-    with caplog.at_level(logging.WARNING):
-        (out,) = node().apply(vace, *inputs)
-    assert out is vace
-    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
-    assert warnings_with(caplog, "VaceWanModel is not supported")
-
-
 # --- other packs' patches and other caches on the same model --------------------------------------
 
 
-def test_cachedit_keeps_another_packs_block_replacement_running_on_computed_blocks(models) -> None:
+@pytest.mark.parametrize("method", METHODS)
+def test_another_packs_block_replacement_keeps_running_on_computed_calls(models, method) -> None:
     model = models["flux"].clone()
     seen: list[int] = []
 
@@ -234,10 +199,25 @@ def test_cachedit_keeps_another_packs_block_replacement_running_on_computed_bloc
         return extra["original_block"](args)
 
     model.set_model_patch_replace(other_pack, "dit", "double_block", 1)  # a middle block (Fn = 1)
-    patched = cachedit(model)
+    patched = eager(method, model)
     sample(patched, "flux")
-    run = last_run(patched, "cachedit")
+    run = last_run(patched, method)
     assert 0 < len(seen) == run.calls_computed < run.calls
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_per_block_patches_force_computing_and_keep_running(models, method) -> None:
+    model = models["qwen_image"].clone()
+    seen: list[int] = []
+
+    def double_block_patch(args: dict) -> dict:
+        seen.append(args["block_index"])
+        return {"img": args["img"], "txt": args["txt"]}
+
+    model.set_model_patch(double_block_patch, "double_block")
+    patched = eager(method, model)
+    assert torch.equal(sample(patched, "qwen_image"), sample(model, "qwen_image"))
+    assert all(r.computed for r in last_run(patched, method).records) and len(seen) == 2 * STEPS * 3
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -248,7 +228,7 @@ def test_a_block_replaced_after_the_node_turns_caching_off_for_the_run(models, m
 
     other_only = models["flux"].clone()
     other_only.set_model_patch_replace(other_pack, "dit", "double_block", 1)
-    patched = APPLY[method](models["flux"]).clone()
+    patched = eager(method, models["flux"]).clone()
     patched.set_model_patch_replace(other_pack, "dit", "double_block", 1)  # overwrites our hook there
     with caplog.at_level(logging.WARNING):
         result = sample(patched, "flux")
@@ -261,12 +241,12 @@ def test_a_block_replaced_after_the_node_turns_caching_off_for_the_run(models, m
 def test_the_later_of_our_nodes_replaces_the_earlier_with_one_warning(models, first, second, caplog) -> None:
     model = models["flux"]
     with caplog.at_level(logging.WARNING):
-        both = APPLY[second](APPLY[first](model))
+        both = eager(second, eager(first, model))
     assert len(warnings_with(caplog, "replaces the")) == 1
     options = both.model_options["transformer_options"]
     assert PATCHES[first].key not in options and PATCHES[second].key in options
     assert all(PATCHES[first].key not in both.wrappers.get(kind, {}) for kind in ("outer_sample", "diffusion_model"))
-    assert torch.equal(sample(both, "flux"), sample(APPLY[second](model), "flux"))
+    assert torch.equal(sample(both, "flux"), sample(eager(second, model), "flux"))
     assert last_run(both, second).skipped_steps
 
 
@@ -280,7 +260,7 @@ def test_with_easycache_ours_steps_aside_with_one_warning(models, method, order,
 
     if "easycache" not in _PLAIN:
         _PLAIN["easycache"] = sample(easycache(model), "wan21_t2v", cfg=3.0)
-    both = APPLY[method](easycache(model)) if order == "easycache_first" else easycache(APPLY[method](model))
+    both = eager(method, easycache(model)) if order == "easycache_first" else easycache(eager(method, model))
     with caplog.at_level(logging.WARNING):
         assert torch.equal(sample(both, "wan21_t2v", cfg=3.0), _PLAIN["easycache"])
     assert "EasyCache" in last_run(both, method).disabled
@@ -294,13 +274,13 @@ def test_with_easycache_ours_steps_aside_with_one_warning(models, method, order,
 def test_img2img_partial_denoise_follows_the_partial_schedule(models, method) -> None:
     model = models["flux"]
     assert torch.equal(sample(exact(method, model), "flux", denoise=0.5), sample(model, "flux", denoise=0.5))
-    patched = APPLY[method](model)
+    patched = eager(method, model)
     sample(patched, "flux", denoise=0.5)
     run = last_run(patched, method)
     assert run.total_steps == STEPS and [r.step for r in run.records] == list(range(STEPS))
     computed = [r.computed for r in run.records]
     if method == "teacache":
-        assert computed == replay_rule(run.records, 100.0, (1.0, 0.0), STEPS)
+        assert computed == replay_rule(run.records, 10.0, (1.0, 0.0), STEPS)
         assert computed[0] and computed[-1] and not any(computed[1:-1])
     else:
         assert computed == [True, True] + [False] * (STEPS - 2)
@@ -309,7 +289,7 @@ def test_img2img_partial_denoise_follows_the_partial_schedule(models, method) ->
 @pytest.mark.parametrize("method", METHODS)
 def test_resolution_batch_and_video_length_changes_on_one_patched_model(models, method) -> None:
     model = models["wan21_t2v"]
-    patched = APPLY[method](model)
+    patched = eager(method, model)
     first = sample(patched, "wan21_t2v")
     for latent in (tm.latent("wan21_t2v", size=12)["samples"], tm.latent("wan21_t2v", batch=2)["samples"],
                    tm.latent("wan21_t2v", frames=5)["samples"]):
@@ -324,7 +304,8 @@ def test_resolution_batch_and_video_length_changes_on_one_patched_model(models, 
 def test_a_batch_of_two_identical_latents_decides_and_renders_as_one(models, method) -> None:
     model = models["flux"]
     single = tm.latent("flux")["samples"]
-    patched = APPLY[method](model, 0.3 if method == "teacache" else 0.85)
+    threshold = {"rel_l1_thresh": 0.3} if method == "teacache" else {"residual_diff_threshold": 0.85}
+    patched = eager(method, model, **threshold)
     noise = comfy.sample.prepare_noise(single, 0)
     one = sample(patched, "flux", latent=single, noise=noise)
     decisions = [r.computed for r in last_run(patched, method).records]
@@ -338,7 +319,7 @@ def test_a_batch_of_two_identical_latents_decides_and_renders_as_one(models, met
 @pytest.mark.parametrize("method", METHODS)
 def test_dpmpp_2s_midpoint_calls_count_in_their_step(models, method) -> None:
     model = models["flux"]
-    patched = APPLY[method](model)
+    patched = eager(method, model)
     out = sample(patched, "flux", steps=6, sampler="dpmpp_2s_ancestral")
     records = last_run(patched, method).records
     steps = [r.step for r in records]
@@ -363,8 +344,8 @@ def interrupt_at(step: int) -> Callable[..., None]:
 @pytest.mark.parametrize("method", METHODS)
 def test_an_interrupted_run_leaves_nothing_behind(models, method) -> None:
     model = models["flux"]
-    patched = APPLY[method](model)
-    expected = sample(APPLY[method](model), "flux")
+    patched = eager(method, model)
+    expected = sample(eager(method, model), "flux")
     stored = StoredTensors()
     with stored, pytest.raises(comfy.model_management.InterruptProcessingException) as interrupted:
         sample(patched, "flux", callback=interrupt_at(4))
@@ -387,7 +368,7 @@ FAULTS = {
 }
 
 
-@pytest.mark.parametrize("variant", FAMILIES)
+@pytest.mark.parametrize("variant", tm.ONE_PER_FAMILY)
 @pytest.mark.parametrize("phase", ["decide", "apply", "store"])
 @pytest.mark.parametrize("method", METHODS)
 def test_a_fault_inside_the_cache_computes_instead(models, method, phase, variant, monkeypatch, caplog) -> None:
@@ -402,7 +383,7 @@ def test_a_fault_inside_the_cache_computes_instead(models, method, phase, varian
             raise RuntimeError(f"injected {name} fault")
         return original(self, *args)
 
-    patched = APPLY[method](model)
+    patched = eager(method, model)
     monkeypatch.setattr(owner, name, faulty)
     with caplog.at_level(logging.WARNING):
         result = sample(patched, variant)
@@ -461,7 +442,7 @@ def live_tensors() -> int:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_no_cached_tensor_outlives_a_run(models, method) -> None:
-    patched = APPLY[method](models["flux"])
+    patched = eager(method, models["flux"])
     with StoredTensors() as stored:
         sample(patched, "flux", steps=3)
     assert last_run(patched, method).skipped_steps
@@ -470,7 +451,7 @@ def test_no_cached_tensor_outlives_a_run(models, method) -> None:
 
 
 def test_twenty_runs_of_both_methods_leave_no_growth(models) -> None:
-    patched = {method: APPLY[method](models["flux"]) for method in METHODS}
+    patched = {method: eager(method, models["flux"]) for method in METHODS}
     for method in METHODS:
         sample(patched[method], "flux", steps=3)
     baseline = live_tensors()
@@ -488,7 +469,7 @@ def test_cache_device_cpu_keeps_cached_tensors_on_the_cpu(models, method) -> Non
     main = comfy.model_management.get_torch_device()
     results = {}
     for device, expected in (("cpu", {torch.device("cpu")}), ("main_device", {torch.device(main)})):
-        patched = APPLY[method](model, device=device)
+        patched = eager(method, model, cache_device=device)
         with StoredTensors() as stored:
             results[device] = sample(patched, "flux")
         assert stored.refs and {d.type for d in stored.devices} == {d.type for d in expected}

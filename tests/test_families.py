@@ -16,7 +16,7 @@ import pytest
 import tiny_models as tm
 import torch
 from comfy_server import copy_pack
-from runs import sample
+from runs import EAGER, OFF, sample
 
 LUMINA2 = '''"""Lumina 2: ComfyUI's NextDiT under its Lumina2 config, with Z-Image's glue."""
 import dataclasses
@@ -59,10 +59,10 @@ def test_one_module_adds_a_family_that_both_nodes_run_exactly(extended: ModuleTy
     assert "Lumina 2" in nodes["DiTCache_ApplyCacheDiT"].DESCRIPTION
 
     expected = sample(model, "lumina2")
-    off = nodes["DiTCache_ApplyTeaCache"]().apply(model, "auto", 0.0, 0.0, 1.0, "main_device")[0]
+    off = nodes["DiTCache_ApplyTeaCache"].execute(model, **OFF["teacache"])[0]
     assert torch.equal(sample(off, "lumina2"), expected)
-    teacache = nodes["DiTCache_ApplyTeaCache"]().apply(model, "auto", 100.0, 0.0, 1.0, "main_device", "1, 0")[0]
-    cachedit = nodes["DiTCache_ApplyCacheDiT"]().apply(model, residual_diff_threshold=1.0, max_warmup_steps=2)[0]
+    teacache = nodes["DiTCache_ApplyTeaCache"].execute(model, **EAGER["teacache"])[0]
+    cachedit = nodes["DiTCache_ApplyCacheDiT"].execute(model, **EAGER["cachedit"])[0]
     for patched, patch_type in ((teacache, _extended("model_patches.teacache_patch").TeaCachePatch),
                                 (cachedit, _extended("model_patches.cachedit_patch").CacheDiTPatch)):
         result = sample(patched, "lumina2")

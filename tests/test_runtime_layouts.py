@@ -25,24 +25,14 @@ import torch
 from comfy.patcher_extension import WrappersMP
 from dit_cache.nodes.cachedit_node import ApplyCacheDiT
 from dit_cache.nodes.teacache_node import ApplyTeaCache
-from runs import PATCHES, last_run, sample
+from runs import EAGER, PATCHES, apply, last_run, sample
 
 STEPS = 8
 JOINT_VARIANTS = ("flux", "hunyuan_video")
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    cache = tmp_path_factory.mktemp("tiny-models")
-    return {v: tm.load_model(v, cache) for v in (*JOINT_VARIANTS, "wan21_t2v")}
-
-
-def apply(method: str, model: Any) -> Any:
-    """Either method set to skip whatever its rules allow (identity rescale / threshold 1)."""
-    if method == "teacache":
-        return ApplyTeaCache().apply(model, "auto", 100.0, 0.0, 1.0, "main_device", "1, 0")[0]
-    return ApplyCacheDiT().apply(model, residual_diff_threshold=1.0, max_warmup_steps=2,
-                                 max_continuous_cached_steps=-1)[0]
+def eager(method: str, model: Any) -> Any:
+    return apply(model, method, **EAGER[method])
 
 
 
@@ -72,7 +62,7 @@ def test_an_unknown_joint_layout_turns_caching_off_instead_of_corrupting(models,
     dm = model.model.diffusion_model
     monkeypatch.setattr(sys.modules[type(dm).__module__], "torch", _RolledJoint(dm.hidden_size))
     expected = sample(model, variant)  # what this "ComfyUI" computes without caching
-    patched = apply(method, model)
+    patched = eager(method, model)
     with caplog.at_level(logging.WARNING):
         result = sample(patched, variant)
     assert torch.equal(result, expected)
@@ -85,7 +75,7 @@ def test_an_unknown_joint_layout_turns_caching_off_instead_of_corrupting(models,
 @pytest.mark.parametrize("variant", JOINT_VARIANTS)
 @pytest.mark.parametrize("method", list(PATCHES))
 def test_the_joint_layout_is_verified_once_per_run_and_caching_goes_on(models, variant, method) -> None:
-    patched = apply(method, models[variant])
+    patched = eager(method, models[variant])
     checks = {"made": 0, "calls": 0}
     checking_calls: list[int] = []  # the model calls (counted over both runs) in which a comparison was made
     original = torch.equal
@@ -166,7 +156,7 @@ def _per_branch(records: Any) -> list[tuple]:
 @pytest.mark.parametrize(("method", "variant"), [("teacache", "wan21_t2v"), ("cachedit", "wan21_t2v"),
                                                  ("cachedit", "flux")])
 def test_branches_computed_in_parallel_threads_decide_as_in_a_sequential_run(models, method, variant) -> None:
-    patched = apply(method, models[variant])
+    patched = eager(method, models[variant])
     expected = sample(patched, variant, cfg=3.0, lengths=tm.SPLIT_LENGTHS)
     sequential = last_run(patched, method)
 
@@ -241,7 +231,7 @@ def test_reference_images_at_timestep_zero_are_measured_and_cached_on_the_right_
     finally:
         handle.remove()
     assert set(rows) == {2}  # one sample, two modulation rows: the reference really runs at timestep zero
-    exact = ApplyTeaCache().apply(model, "auto", 0.0, 0.0, 1.0, "main_device", "1, 0")[0]
+    exact = ApplyTeaCache.execute(model, model_type="auto", rel_l1_thresh=0.0, coefficients="1, 0")[0]
     with ModelProbe(exact, family) as probe:
         assert torch.equal(run(exact), expected)
     records = last_run(exact, "teacache").records
@@ -251,7 +241,7 @@ def test_reference_images_at_timestep_zero_are_measured_and_cached_on_the_right_
     independent = [relative_l1(a, b) for a, b in itertools.pairwise(modulated)]
     assert [r.rel_l1[0] for r in records[1:]] == pytest.approx(independent, rel=1e-4)
 
-    skipping = apply("teacache", model)
+    skipping = eager("teacache", model)
     with ModelProbe(skipping, family) as probe:
         run(skipping)
     decisions = [r.computed for r in last_run(skipping, "teacache").records]
@@ -265,9 +255,9 @@ def test_reference_images_at_timestep_zero_are_measured_and_cached_on_the_right_
             assert torch.equal(call.stack_out, stack_in + residual)
 
     # Cache-DiT: off is bit-identical; on, it caches (the reference tokens ride in the image stream).
-    off = ApplyCacheDiT().apply(model, residual_diff_threshold=0.0)[0]
+    off = ApplyCacheDiT.execute(model, residual_diff_threshold=0.0)[0]
     assert torch.equal(run(off), expected)
-    cached = apply("cachedit", model)
+    cached = eager("cachedit", model)
     run(cached)
     summary = last_run(cached, "cachedit")
     assert summary.disabled is None and summary.skipped_steps

@@ -26,10 +26,6 @@ TEST_NODES = {
 CALIBRATION_NODES = ("DiTCache_CalibrateTeaCache", "DiTCache_CalibrationReport", "DiTCache_CacheReport")
 STEPS = 6
 IDENTITY = "1, 0"  # rescale(x) = x: the threshold reads directly as accumulated relative L1
-FAMILY = {
-    "flux": "flux", "wan21_t2v": "wan", "wan22_5b": "wan", "hunyuan_video": "hunyuan_video",
-    "qwen_image": "qwen_image", "z_image": "z_image",
-}
 TEACACHE_LINE = re.compile(
     r"TeaCache \[(?P<family>[^,\]]+), (?P<tag>[^\]]+)\]: computed (?P<computed>\d+)/(?P<total>\d+) steps"
 )
@@ -65,7 +61,8 @@ def test_object_info_describes_apply_teacache(server: ComfyServer) -> None:
     assert list(required) == ["model", "model_type", "rel_l1_thresh", "start_percent", "end_percent", "cache_device"]
     assert list(optional) == ["coefficients", "target_speedup"]
     assert required["model"][0] == "MODEL"
-    model_types = required["model_type"][0]
+    assert required["model_type"][0] == "COMBO"  # the V3 schema's form of a list input
+    model_types = required["model_type"][1]["options"]
     assert model_types[0] == "auto" and required["model_type"][1]["default"] == "auto"
     assert {"flux", "hunyuan_video", "wan2.1_t2v_14B", "wan2.2_ti2v_5B", "qwen_image", "z_image"} <= set(model_types)
     assert model_types == list(dit_cache.caching.teacache_presets.MODEL_TYPES)
@@ -74,7 +71,7 @@ def test_object_info_describes_apply_teacache(server: ComfyServer) -> None:
     for name, default in (("start_percent", 0.0), ("end_percent", 1.0)):
         assert required[name][0] == "FLOAT"
         assert (required[name][1]["min"], required[name][1]["max"], required[name][1]["default"]) == (0.0, 1.0, default)
-    assert required["cache_device"][0] == ["main_device", "cpu"]
+    assert required["cache_device"][1]["options"] == ["main_device", "cpu"]
     assert optional["coefficients"][0] == "STRING" and optional["coefficients"][1]["default"] == ""
     for name, (_, options) in {**required, **optional}.items():
         assert options.get("tooltip"), f"{name} has no tooltip"
@@ -104,14 +101,14 @@ def test_teacache_workflow_runs_per_family(server: ComfyServer, variant: str) ->
     exact = run_ok(server, wf.graph(variant, wf.TeaCache(rel_l1_thresh=0.0), steps=STEPS))
     assert torch.equal(latent_of(server, exact), plain)
     (line,) = teacache_lines(exact.log)
-    assert line["family"] == FAMILY[variant]
+    assert line["family"] == wf.tiny_models.family(variant)
     assert (int(line["computed"]), int(line["total"])) == (STEPS, STEPS)
 
     skipping = run_ok(server, wf.graph(variant, wf.TeaCache(rel_l1_thresh=1.0, coefficients=IDENTITY), steps=STEPS))
     latent = latent_of(server, skipping)
     assert latent.shape == shape and torch.isfinite(latent).all()
     (line,) = teacache_lines(skipping.log)
-    assert line["family"] == FAMILY[variant] and line["tag"].startswith("TeaCache_R1.00")
+    assert line["family"] == wf.tiny_models.family(variant) and line["tag"].startswith("TeaCache_R1.00")
     assert int(line["computed"]) < int(line["total"]) == STEPS
     assert not torch.equal(latent, plain)  # skipped steps replayed a cached residual
 
@@ -190,7 +187,7 @@ def test_cachedit_workflow_runs_per_family(server: ComfyServer, variant: str) ->
     forced = wf.CacheDiT({"residual_diff_threshold": 1.0, "max_warmup_steps": 2, "enable_taylorseer": True})
     run = run_ok(server, wf.graph(variant, forced, steps=STEPS))
     (line,) = CACHEDIT_LINE.finditer(run.log)
-    assert line["family"] == FAMILY[variant] and int(line["computed"]) < int(line["total"]) == STEPS
+    assert line["family"] == wf.tiny_models.family(variant) and int(line["computed"]) < int(line["total"]) == STEPS
     latent = latent_of(server, run)
     assert torch.isfinite(latent).all() and not torch.equal(latent, plain)
 
@@ -229,7 +226,7 @@ def preview_size(server: ComfyServer, run: PromptRun) -> tuple[int, int]:
 
 def test_calibrate_then_pick_the_preset_and_a_target_speedup(server: ComfyServer) -> None:
     """Calibration writes a preset that Apply TeaCache lists on the next /object_info and uses for a target."""
-    assert "user:e2e_wan" not in server.object_info(NODE)["input"]["required"]["model_type"][0]
+    assert "user:e2e_wan" not in server.object_info(NODE)["input"]["required"]["model_type"][1]["options"]
     calibrate = wf.graph("wan21_t2v", steps=STEPS)
     calibrate[wf.METHOD] = {"class_type": "DiTCache_CalibrateTeaCache", "inputs": {
         "model": [wf.LOADER, 0], "preset_name": "e2e_wan", "model_type": "auto", "append": True}}
@@ -241,8 +238,8 @@ def test_calibrate_then_pick_the_preset_and_a_target_speedup(server: ComfyServer
     assert (server.base_dir / "user" / "dit_cache" / "teacache_presets" / "e2e_wan.json").is_file()
     assert preview_size(server, run)[0] == 800
 
-    assert "user:e2e_wan" in server.object_info(NODE)["input"]["required"]["model_type"][0]
-    assert "user:e2e_wan" in server.object_info(CACHEDIT_NODE)["input"]["optional"]["calibration"][0]
+    assert "user:e2e_wan" in server.object_info(NODE)["input"]["required"]["model_type"][1]["options"]
+    assert "user:e2e_wan" in server.object_info(CACHEDIT_NODE)["input"]["optional"]["calibration"][1]["options"]
     targeted = wf.graph("wan21_t2v", wf.TeaCache(model_type="user:e2e_wan"), steps=STEPS)
     targeted[wf.METHOD]["inputs"]["target_speedup"] = 1.5
     run = run_ok(server, with_report(targeted, "DiTCache_CacheReport", [wf.METHOD, 0]))

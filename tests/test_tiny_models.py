@@ -34,21 +34,6 @@ from tiny_models import EXTRA_VARIANTS, SPLIT_LENGTHS, VARIANTS
 
 ALL_VARIANTS = VARIANTS + EXTRA_VARIANTS
 
-# variant -> (model_config class, BaseModel class, diffusion_model class) ComfyUI must pick.
-EXPECTED_CLASSES: dict[str, tuple[str, str, str]] = {
-    "flux": ("Flux", "Flux", "Flux"),
-    "flux_schnell": ("FluxSchnell", "Flux", "Flux"),
-    "wan21_t2v": ("WAN21_T2V", "WAN21", "WanModel"),
-    "wan21_i2v": ("WAN21_I2V", "WAN21", "WanModel"),
-    "wan22_5b": ("WAN22_T2V", "WAN22", "WanModel"),
-    "wan22_high": ("WAN21_T2V", "WAN21", "WanModel"),
-    "wan22_low": ("WAN21_T2V", "WAN21", "WanModel"),
-    "hunyuan_video": ("HunyuanVideo", "HunyuanVideo", "HunyuanVideo"),
-    "qwen_image": ("QwenImage", "QwenImage", "QwenImageTransformer2DModel"),
-    "z_image": ("ZImage", "Lumina2", "NextDiT"),
-    "lumina2": ("Lumina2", "Lumina2", "NextDiT"),
-}
-
 # variant -> (default latent shape, text width, pooled width or None).
 EXPECTED_SHAPES: dict[str, tuple[tuple[int, ...], int, int | None]] = {
     "flux": ((1, 16, 16, 16), 4096, 768),
@@ -154,7 +139,7 @@ def test_comfyui_picks_the_family_classes(
     base = patcher.model
     dm = base.diffusion_model
     found = (type(base.model_config).__name__, type(base).__name__, type(dm).__name__)
-    assert found == EXPECTED_CLASSES[variant]
+    assert found == tiny_models.expected_classes(variant)
     assert base.get_dtype() == torch.float32
     unet_config = base.model_config.unet_config
     if variant in ("flux", "flux_schnell", "qwen_image", "lumina2"):

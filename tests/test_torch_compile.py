@@ -19,9 +19,7 @@ import torch._dynamo.utils
 from comfy_extras.nodes_torch_compile import TorchCompileModel
 from dit_cache.caching.dbcache import DBCacheBranch
 from dit_cache.caching.teacache import TeaCacheRun
-from dit_cache.nodes.cachedit_node import ApplyCacheDiT
-from dit_cache.nodes.teacache_node import ApplyTeaCache
-from runs import last_run
+from runs import EAGER, METHODS, apply, last_run
 
 STEPS = 20
 
@@ -62,10 +60,7 @@ def test_compiled_model_matches_and_recompiles_no_more_than_comfyuis_own(variant
     for owner, name in ((TeaCacheRun, "decide"), (DBCacheBranch, "can_cache")):
         monkeypatch.setattr(owner, name, spy_on(getattr(owner, name)))
 
-    patched = {
-        "teacache": ApplyTeaCache().apply(model, "auto", 1.0, 0.0, 1.0, "main_device", "1, 0")[0],
-        "cachedit": ApplyCacheDiT().apply(model, residual_diff_threshold=1.0, max_warmup_steps=2)[0],
-    }
+    patched = {method: apply(model, method, **EAGER[method]) for method in METHODS}
     for name, method in patched.items():
         expected = sample(method, variant)
         decisions = [r.computed for r in last_run(method, name).records]

@@ -54,7 +54,7 @@ def test_step_residuals_are_in_the_caching_range(fixture) -> None:
     """The first block's residual changes by 0.02-0.5 per step, as trained models do (random weights: ~0.3-0.5
     every step), so cache-dit's usual thresholds cache some steps and not others."""
     name, model = fixture
-    (patched,) = ApplyCacheDiT().apply(model, residual_diff_threshold=0.12, max_warmup_steps=4)
+    (patched,) = ApplyCacheDiT.execute(model, residual_diff_threshold=0.12, max_warmup_steps=4)
     sample(name, patched, CLASSES[0])
     run = last_run(patched, "cachedit")
     diffs = [d for record in run.records for d in record.rel_l1 if d is not None]

@@ -39,36 +39,11 @@ import comfy.supported_models_base
 import comfy.utils
 import torch
 
-VARIANTS: tuple[str, ...] = (
-    "flux",
-    "flux_schnell",
-    "wan21_t2v",
-    "wan21_i2v",
-    "wan22_5b",
-    "wan22_high",
-    "wan22_low",
-    "hunyuan_video",
-    "qwen_image",
-    "z_image",
-)
-
-EXTRA_VARIANTS: tuple[str, ...] = ("lumina2",)
-"""Models of families the pack does not patch (Lumina 2: a NextDiT without Z-Image's
-modulation), for pass-through tests; not part of ``VARIANTS``."""
-
 MEMBER_VARIANTS: tuple[str, ...] = ("flux2",)
 """Newer members of the five families, built through their own ComfyUI config class, for the
 tests that target what only they do (Flux.2: modulation computed once, reference images at
 timestep zero); the family-wide suites do not run them yet."""
 
-FILE_VARIANTS: tuple[str, ...] = (
-    "wan21_t2v",
-    "wan21_i2v",
-    "wan22_5b",
-    "wan22_high",
-    "wan22_low",
-    "hunyuan_video",
-)
 
 SPLIT_LENGTHS: tuple[int, int] = (7, 5)
 """Text lengths (positive, negative) that make ComfyUI run cond and uncond as separate calls.
@@ -89,9 +64,12 @@ _VIDEO_SIZE = 8  # latent side of video families: 16 tokens per latent frame
 
 @dataclass(frozen=True)
 class _Spec:
-    """What one variant is: its ComfyUI config class, its tiny unet_config and its I/O shapes."""
+    """What one variant is: its ComfyUI config class, its tiny unet_config and its I/O shapes, the
+    model classes ComfyUI must build from them, and the pack family that must patch it (None: none)."""
 
     config: type[comfy.supported_models_base.BASE]
+    family: str | None
+    classes: tuple[str, str]  # (BaseModel class, diffusion model class)
     unet_config: dict[str, Any]
     latent_channels: int
     context_dim: int
@@ -122,12 +100,12 @@ def _wan_config(model_type: str, in_dim: int, out_dim: int) -> dict[str, Any]:
 
 
 _SPECS: dict[str, _Spec] = {
-    "flux": _Spec(comfy.supported_models.Flux, _flux_config(True), 16, 4096, pooled_dim=768),
+    "flux": _Spec(comfy.supported_models.Flux, "flux", ("Flux", "Flux"), _flux_config(True), 16, 4096, pooled_dim=768),
     "flux_schnell": _Spec(
-        comfy.supported_models.FluxSchnell, _flux_config(False), 16, 4096, pooled_dim=768
+        comfy.supported_models.FluxSchnell, "flux", ("Flux", "Flux"), _flux_config(False), 16, 4096, pooled_dim=768
     ),
     "flux2": _Spec(
-        comfy.supported_models.Flux2,
+        comfy.supported_models.Flux2, "flux", ("Flux2", "Flux"),
         {
             # Flux.2's detected keys (model_detection.py) at hidden 128: one head of sum(axes_dim),
             # modulation computed once for all blocks, no pooled vector, 1x1 patches of 128
@@ -141,24 +119,24 @@ _SPECS: dict[str, _Spec] = {
         128, 7680, side=8,
     ),
     "wan21_t2v": _Spec(
-        comfy.supported_models.WAN21_T2V, _wan_config("t2v", 16, 16), 16, 4096, frames=3
+        comfy.supported_models.WAN21_T2V, "wan", ("WAN21", "WanModel"), _wan_config("t2v", 16, 16), 16, 4096, frames=3
     ),
     "wan21_i2v": _Spec(
-        comfy.supported_models.WAN21_I2V, _wan_config("i2v", 36, 16), 16, 4096, frames=3
+        comfy.supported_models.WAN21_I2V, "wan", ("WAN21", "WanModel"), _wan_config("i2v", 36, 16), 16, 4096, frames=3
     ),
     "wan22_5b": _Spec(
-        comfy.supported_models.WAN22_T2V, _wan_config("t2v", 48, 48), 48, 4096, frames=3
+        comfy.supported_models.WAN22_T2V, "wan", ("WAN22", "WanModel"), _wan_config("t2v", 48, 48), 48, 4096, frames=3
     ),
     # A Wan 2.2 14B expert pair: two ordinary Wan T2V checkpoints of one shape, whose
     # weights differ because the variant name is part of every weight's seed.
     "wan22_high": _Spec(
-        comfy.supported_models.WAN21_T2V, _wan_config("t2v", 16, 16), 16, 4096, frames=3
+        comfy.supported_models.WAN21_T2V, "wan", ("WAN21", "WanModel"), _wan_config("t2v", 16, 16), 16, 4096, frames=3
     ),
     "wan22_low": _Spec(
-        comfy.supported_models.WAN21_T2V, _wan_config("t2v", 16, 16), 16, 4096, frames=3
+        comfy.supported_models.WAN21_T2V, "wan", ("WAN21", "WanModel"), _wan_config("t2v", 16, 16), 16, 4096, frames=3
     ),
     "hunyuan_video": _Spec(
-        comfy.supported_models.HunyuanVideo,
+        comfy.supported_models.HunyuanVideo, "hunyuan_video", ("HunyuanVideo", "HunyuanVideo"),
         {
             # Detection: heads = hidden // 128 with axes 16+56+56; vector_in present (else
             # HunyuanImage 2.1); guidance_in present as in HunyuanVideo T2V.
@@ -172,7 +150,7 @@ _SPECS: dict[str, _Spec] = {
         16, 4096, pooled_dim=768, frames=3,
     ),
     "qwen_image": _Spec(
-        comfy.supported_models.QwenImage,
+        comfy.supported_models.QwenImage, "qwen_image", ("QwenImage", "QwenImageTransformer2DModel"),
         {
             "image_model": "qwen_image", "in_channels": 64, "out_channels": 16,
             "num_layers": 3, "attention_head_dim": 64, "num_attention_heads": 2,
@@ -181,7 +159,7 @@ _SPECS: dict[str, _Spec] = {
         16, 3584, frame_axis=True,
     ),
     "z_image": _Spec(
-        comfy.supported_models.ZImage,
+        comfy.supported_models.ZImage, "z_image", ("Lumina2", "NextDiT"),
         {
             # Z-Image's detected keys at dim 256: head dim 128 == sum(axes_dims) as in the
             # real 3840-wide model; the pad tokens match checkpoints that carry cap_pad_token.
@@ -194,7 +172,7 @@ _SPECS: dict[str, _Spec] = {
         16, 2560,
     ),
     "lumina2": _Spec(
-        comfy.supported_models.Lumina2,
+        comfy.supported_models.Lumina2, None, ("Lumina2", "NextDiT"),
         {
             # Lumina 2's detected keys at dim 192: grouped-query attention (2 heads share
             # 1 kv head, as 24 share 8), head dim 96 == sum(axes_dims); Gemma 2 2B width.
@@ -206,6 +184,33 @@ _SPECS: dict[str, _Spec] = {
         16, 2304,
     ),
 }
+
+
+VARIANTS: tuple[str, ...] = tuple(v for v, spec in _SPECS.items() if spec.family and v not in MEMBER_VARIANTS)
+"""Every tiny model of a family the pack patches: the family-wide suites run each of them."""
+
+EXTRA_VARIANTS: tuple[str, ...] = tuple(v for v, spec in _SPECS.items() if spec.family is None)
+"""Models of families the pack does not patch (Lumina 2: a NextDiT without Z-Image's
+modulation), for pass-through tests; not part of ``VARIANTS``."""
+
+FILE_VARIANTS: tuple[str, ...] = tuple(v for v in VARIANTS if _SPECS[v].family in ("wan", "hunyuan_video"))
+"""The variants ComfyUI can detect at a tiny size: written as files and loaded as a user's would be."""
+
+ONE_PER_FAMILY: tuple[str, ...] = tuple(
+    v for i, v in enumerate(VARIANTS) if _SPECS[v].family not in {_SPECS[u].family for u in VARIANTS[:i]}
+)
+"""The first variant of each family in ``VARIANTS``, for tests that need one model per family."""
+
+
+def family(variant: str) -> str | None:
+    """The pack family that must patch this variant (None: it must pass through)."""
+    return _spec(variant).family
+
+
+def expected_classes(variant: str) -> tuple[str, str, str]:
+    """(model config, BaseModel, diffusion model) class names ComfyUI must build for this variant."""
+    spec = _spec(variant)
+    return (spec.config.__name__, *spec.classes)
 
 
 def _spec(variant: str) -> _Spec:

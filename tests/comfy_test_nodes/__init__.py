@@ -8,6 +8,7 @@ their tiny checkpoints with ComfyUI's own ``UNETLoader``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,18 @@ import trained_models
 
 CATEGORY = "DiT Cache/testing"
 _VARIANTS = list(tiny_models.VARIANTS + tiny_models.EXTRA_VARIANTS)
-_MODELS: dict[str, Any] = {}  # variant -> MODEL, so repeated prompts skip the build
+_MODELS: dict[str, Any] = {}  # variant or fixture -> MODEL, so repeated prompts skip the build
 
 
 def _variant_input() -> tuple[list[str], dict[str, str]]:
     return (_VARIANTS, {"tooltip": "Which tiny model family (tests/tiny_models.py)."})
+
+
+def _loaded(key: str, load: Callable[[], Any]) -> Any:
+    """A model loaded once per server: every graph of a test run shares it."""
+    if key not in _MODELS:
+        _MODELS[key] = load()
+    return _MODELS[key]
 
 
 class TinyModel:
@@ -40,9 +48,7 @@ class TinyModel:
         return {"required": {"variant": _variant_input()}}
 
     def load(self, variant: str) -> tuple[Any]:
-        if variant not in _MODELS:
-            _MODELS[variant] = tiny_models.load_model(variant)
-        return (_MODELS[variant],)
+        return (_loaded(variant, lambda: tiny_models.load_model(variant)),)
 
 
 class Conditioning:
@@ -129,10 +135,7 @@ class TrainedModel:
         return {"required": {"fixture": _fixture_input()}}
 
     def load(self, fixture: str) -> tuple[Any]:
-        key = f"trained-{fixture}"
-        if key not in _MODELS:
-            _MODELS[key] = trained_models.load_model(fixture)
-        return (_MODELS[key],)
+        return (_loaded(f"trained-{fixture}", lambda: trained_models.load_model(fixture)),)
 
 
 class TrainedConditioning:
