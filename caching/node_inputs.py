@@ -103,6 +103,10 @@ def _recommended() -> str:
     )
 
 
+def _borrowed() -> str:
+    return ", ".join(f"{p.name} from {p.borrowed}" for p in PRESETS.values() if p.borrowed)
+
+
 _TARGET_SPEEDUP = (
     "Optional: aim for this many times fewer transformer evaluations (e.g. 2.0) instead of giving the "
     "threshold. Needs a calibrated preset (Calibrate TeaCache): the threshold is chosen by replaying its "
@@ -128,9 +132,9 @@ TEACACHE: tuple[Input, ...] = (
     Input(
         "model_type",
         "auto",
-        "Which rescale coefficients to use. auto picks from the loaded model (Wan I2V -> 480P, Wan 2.2 14B "
-        "experts -> Wan 2.1 14B). Qwen-Image, Z-Image and Wan 2.2 have no published coefficients: their presets "
-        "are borrowed (qwen_image from flux, z_image from hunyuan_video, wan2.2 from wan2.1).",
+        "Which rescale coefficients to use. auto picks the loaded model's preset (README's Models table). "
+        "Presets for models without published coefficients are borrowed: " + _borrowed() + "; Calibrate "
+        "TeaCache fits this model's own.",
         choices=MODEL_TYPES,
         calibrated=True,
     ),

@@ -87,7 +87,12 @@ PRESETS: dict[str, TeaCachePreset] = {
         ),
         _wan("wan2.2_t2v_14B", _WAN_T2V_14B, 0.2, borrowed="wan2.1_t2v_14B"),
         _wan("wan2.2_ti2v_5B", _WAN_T2V_1_3B, 0.08, borrowed="wan2.1_t2v_1.3B"),
+        TeaCachePreset("flux2", "flux", _FLUX, 0.4, "TeaCache4FLUX", borrowed="flux"),
+        TeaCachePreset(
+            "hunyuan_video_1.5", "hunyuan_video", _HUNYUAN, 0.15, "TeaCache4HunyuanVideo", borrowed="hunyuan_video"
+        ),
         TeaCachePreset("qwen_image", "qwen_image", _FLUX, 0.4, "TeaCache4FLUX", borrowed="flux"),
+        TeaCachePreset("qwen_image_edit", "qwen_image", _FLUX, 0.4, "TeaCache4FLUX", borrowed="flux"),
         TeaCachePreset(
             "z_image", "z_image", _HUNYUAN, 0.15, "TeaCache4HunyuanVideo (as SGLang does)", borrowed="hunyuan_video"
         ),

@@ -31,6 +31,7 @@ class CacheDiTPatch:
 
     config: DBCacheConfig
     family: Family
+    member: str  # the family member it was applied to, as logs and the Cache report name it
     last_run: RunSummary | None = field(default=None, compare=False)
 
     key = "dit_cache.cachedit"
@@ -173,7 +174,7 @@ class CacheDiTSampling(SamplingRun):
             else "no residual diffs measured"
         )
         logger.info(
-            "Cache-DiT [%s, %s]: computed %d/%d steps; %d of %d transformer calls cached; blocks computed %d/%d; %s",
+            "Cache-DiT [%s, %s]: computed %d/%d steps; %d of %d transformer calls cached; blocks computed %d/%d; %s (%s)",
             self.family.name,
             self.config.tag(),
             summary.steps_computed,
@@ -183,10 +184,11 @@ class CacheDiTSampling(SamplingRun):
             summary.calls * self.blocks - cached_calls * middle,
             summary.calls * self.blocks,
             diff_text,
+            self.patch.member,
         )
 
 
 def apply_cachedit(model: Any, family: Family, config: DBCacheConfig) -> Any:
     """A clone of `model` that runs Cache-DiT while sampling."""
     check_block_split(config, family, model.get_model_object("diffusion_model"))
-    return install(model, CacheDiTPatch(config, family))
+    return install(model, CacheDiTPatch(config, family, family.variant(model).label))

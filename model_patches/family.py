@@ -44,6 +44,32 @@ class CallInfo:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """A member of a family, as ComfyUI's model config tells it apart (Flux.2 from Flux.1, ...).
+
+    Args:
+        label: how users know it (logs, the Cache report, README's Models table).
+        preset: the TeaCache preset `model_type=auto` picks for it.
+        matches: whether a loaded MODEL is this member, read from what ComfyUI built (its config
+            class, unet_config, diffusion model); the family's last variant matches any model.
+    """
+
+    label: str
+    preset: str
+    matches: Callable[[Any], bool] = lambda model_patcher: True
+
+
+def config_is(*names: str) -> Callable[[Any], bool]:
+    """A `Variant.matches` for ComfyUI model-config classes by name (e.g. "Flux2")."""
+    return lambda model_patcher: config_name(model_patcher) in names
+
+
+def unet_config(model_patcher: Any) -> dict[str, Any]:
+    """The unet_config ComfyUI detected for this MODEL ({} when unknown)."""
+    return getattr(getattr(getattr(model_patcher, "model", None), "model_config", None), "unet_config", None) or {}
+
+
+@dataclass(frozen=True)
 class Family:
     """Glue for one model family.
 
@@ -56,8 +82,8 @@ class Family:
             that several families share (NextDiT is Z-Image and Lumina 2).
         block_keys: the `patches_replace["dit"]` keys of the stack, in execution order.
         indicator: TeaCache's indicator, from the first block's arguments.
-        default_preset: TeaCache preset that `model_type=auto` picks.
-        choose_preset: for families with several presets (Wan), picks one for a loaded model.
+        variants: the members ComfyUI builds on these classes, most specific first; the first that
+            matches a MODEL names it and picks its TeaCache preset (the last matches any).
         cfg_shares_state: TeaCache keeps one state for both CFG branches in the reference
             (SGLang) implementation, so it is disabled while CFG is active.
         text_stream_kinds: block kinds whose "txt" is a text stream the blocks update (not a
@@ -73,18 +99,18 @@ class Family:
     classes: frozenset[str]
     block_keys: Callable[[torch.nn.Module], list[BlockKey]]
     indicator: Callable[[torch.nn.Module, BlockArgs, CallInfo, str], torch.Tensor]
-    default_preset: str
+    variants: tuple[Variant, ...]
     cfg_shares_state: bool = False
     text_stream_kinds: frozenset[str] = frozenset()
     object_patches: Callable[[torch.nn.Module, Callable[[str], Any]], dict[str, Any]] | None = None
-    choose_preset: Callable[[Any], str] | None = None
     configs: frozenset[str] = frozenset()
 
     def matches(self, class_name: str, config: str) -> bool:
         return class_name in self.classes and (not self.configs or config in self.configs)
 
-    def auto_preset(self, model_patcher: Any) -> str:
-        return self.choose_preset(model_patcher) if self.choose_preset else self.default_preset
+    def variant(self, model_patcher: Any) -> Variant:
+        """The member this MODEL is; the last variant when no other matches."""
+        return next((v for v in self.variants[:-1] if v.matches(model_patcher)), self.variants[-1])
 
     def joint_position(self, diffusion_model: torch.nn.Module) -> int | None:
         """Position of the first block that runs on the joint (text + image) sequence, if any."""

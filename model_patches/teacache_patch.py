@@ -25,6 +25,7 @@ class TeaCachePatch:
     config: TeaCacheConfig
     family: Family
     preset: TeaCachePreset
+    member: str  # the family member it was applied to, as logs and the Cache report name it
     last_run: RunSummary | None = field(default=None, compare=False)
 
     key = "dit_cache.teacache"
@@ -125,16 +126,17 @@ class TeaCacheSampling(SamplingRun):
             )
             return
         logger.info(
-            "TeaCache [%s, %s]: computed %d/%d steps; %d of %d transformer calls reused the cache",
+            "TeaCache [%s, %s]: computed %d/%d steps; %d of %d transformer calls reused the cache (%s)",
             self.family.name,
             self.patch.config.tag(),
             summary.steps_computed,
             summary.total_steps,
             summary.calls - summary.calls_computed,
             summary.calls,
+            self.patch.member,
         )
 
 
 def apply_teacache(model: Any, family: Family, preset: TeaCachePreset, config: TeaCacheConfig) -> Any:
     """A clone of `model` that runs TeaCache while sampling."""
-    return install(model, TeaCachePatch(config, family, preset))
+    return install(model, TeaCachePatch(config, family, preset, family.variant(model).label))

@@ -60,7 +60,7 @@ class CalibrateTeaCache(io.ComfyNode):
         from ..model_patches.calibration_patch import CalibrationPatch, apply_calibration
 
         model_type = values["model_type"]
-        base = PRESETS[family.auto_preset(model) if model_type == "auto" else model_type]
+        base = PRESETS[family.variant(model).preset if model_type == "auto" else model_type]
         config_name = type(getattr(model.model, "model_config", None)).__name__
         model_name = f"{diffusion_model_class(model)} ({config_name})"
         patch = CalibrationPatch(

@@ -28,7 +28,7 @@ SAMPLES = (31, 100, 200)
 BRANCH_COLORS = ((31, 100, 200), (150, 80, 190), (20, 150, 160), (120, 120, 120))
 
 
-def report_data(summary: RunSummary, method: str, settings: str, threshold: float) -> dict:
+def report_data(summary: RunSummary, method: str, settings: str, threshold: float, member: str = "") -> dict:
     """A run's report as plain data (the Cache report node's JSON): per call and totals.
 
     `signal` is what was compared with the threshold: TeaCache's accumulated rescaled change,
@@ -50,6 +50,7 @@ def report_data(summary: RunSummary, method: str, settings: str, threshold: floa
         )
     return {
         "method": method,
+        "member": member,
         "settings": settings,
         "threshold": threshold,
         "total_steps": summary.total_steps,
@@ -132,7 +133,7 @@ def render_report(data: dict) -> Image.Image:
     image = Image.new("RGB", (WIDTH, layout.height), BACKGROUND)
     draw = ImageDraw.Draw(image)
     font = _font()
-    draw.text((10, 8), f"{data['method']}  {data['settings']}", fill=INK, font=font)
+    draw.text((10, 8), f"{data['method']}  {data['settings']}  {data['member']}".rstrip(), fill=INK, font=font)
     draw.text((10, 24), "green: computed   orange: cached   grey: no call", fill=INK, font=font)
     states = step_states(data)
     for row in range(data["branches"]):

@@ -24,7 +24,8 @@ def run_reports(model: Any) -> list[dict]:
         patch = installed(model, patch_type)
         if patch is not None and patch.last_run is not None:
             config = patch.config
-            reports.append(report_data(patch.last_run, patch.method, config.tag(), getattr(config, threshold)))
+            data = report_data(patch.last_run, patch.method, config.tag(), getattr(config, threshold), patch.member)
+            reports.append(data)
     return reports
 
 

@@ -54,17 +54,17 @@ class ApplyTeaCache(io.ComfyNode):
         family = detect_or_warn(model, "Apply TeaCache")
         if family is None:
             return io.NodeOutput(model)
+        variant = family.variant(model)
         model_type = values["model_type"]
-        preset, user = resolve_teacache_preset(family.auto_preset(model) if model_type == "auto" else model_type)
+        preset, user = resolve_teacache_preset(variant.preset if model_type == "auto" else model_type)
         if preset.family != family.name:
             logger.warning(
                 "Apply TeaCache: preset %s was made for %s, not for this %s model",
                 preset.name,
                 preset.family,
-                family.name,
+                variant.label,
             )
-        if preset.borrowed:
-            logger.info("Apply TeaCache: %s", preset.describe())
+        logger.info("Apply TeaCache: %s, preset %s", variant.label, preset.describe())
         config = teacache_config(values, preset)
         if values["target_speedup"]:
             threshold = teacache_target_threshold(model, preset, user, config, values["target_speedup"])

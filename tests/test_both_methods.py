@@ -15,6 +15,7 @@ import comfy.supported_models
 import pytest
 import tiny_models as tm
 import torch
+from dit_cache.nodes.report_node import run_reports
 from runs import EAGER, METHODS, NODES, OFF, apply, last_run, patch_of, sample
 
 STEPS = 8
@@ -29,6 +30,19 @@ def test_off_is_bit_identical_and_every_step_still_decides(models, method, varia
     run = last_run(patched, method)
     # The patched path really ran: every call went through the decision, and none was skipped.
     assert [r.step for r in run.records] == list(range(STEPS)) and all(r.computed for r in run.records)
+    assert patch_of(patched, method).member == tm.named(variant)[0]  # the member, told apart by its config
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_run_summary_and_the_cache_report_name_the_member(models, method, caplog) -> None:
+    member, _ = tm.named("flux2")
+    patched = apply(models["flux2"], method, **EAGER[method])
+    with caplog.at_level(logging.INFO):
+        sample(patched, "flux2")
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith(("TeaCache [", "Cache-DiT ["))]
+    assert line.startswith(f"{patch_of(patched, method).method} [flux, ") and line.endswith(f" ({member})")
+    (report,) = run_reports(patched)
+    assert report["member"] == member
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -62,7 +76,7 @@ def test_an_unsupported_model_passes_through_with_one_warning_naming_its_class(m
     with caplog.at_level(logging.WARNING):
         (out,) = NODES[method].execute(unsupported)
     assert out is unsupported
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("dit_cache")]
     assert len(warnings) == 1 and f"{name} is not supported" in warnings[0]
 
 

@@ -205,9 +205,10 @@ def test_another_packs_block_replacement_keeps_running_on_computed_calls(models,
     assert 0 < len(seen) == run.calls_computed < run.calls
 
 
+@pytest.mark.parametrize("variant", ["qwen_image", "z_image"])  # Z-Image's Fun ControlNet acts through these
 @pytest.mark.parametrize("method", METHODS)
-def test_per_block_patches_force_computing_and_keep_running(models, method) -> None:
-    model = models["qwen_image"].clone()
+def test_per_block_patches_force_computing_and_keep_running(models, method, variant) -> None:
+    model = models[variant].clone()
     seen: list[int] = []
 
     def double_block_patch(args: dict) -> dict:
@@ -215,9 +216,14 @@ def test_per_block_patches_force_computing_and_keep_running(models, method) -> N
         return {"img": args["img"], "txt": args["txt"]}
 
     model.set_model_patch(double_block_patch, "double_block")
+    expected = sample(model, variant)
+    plain = len(seen)
+    if plain == 0:
+        pytest.skip(f"this ComfyUI's {variant} runs no per-block patches (Z-Image's came with 0.33, for its Fun ControlNet)")
+    seen.clear()
     patched = eager(method, model)
-    assert torch.equal(sample(patched, "qwen_image"), sample(model, "qwen_image"))
-    assert all(r.computed for r in last_run(patched, method).records) and len(seen) == 2 * STEPS * 3
+    assert torch.equal(sample(patched, variant), expected)
+    assert all(r.computed for r in last_run(patched, method).records) and len(seen) == plain
 
 
 @pytest.mark.parametrize("method", METHODS)

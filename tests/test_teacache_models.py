@@ -11,11 +11,15 @@ import pytest
 import runs
 import tiny_models as tm
 import torch
+from dit_cache.caching.teacache_presets import PRESETS
 from probes import ModelProbe, relative_l1, replay_rule
 from runs import IDENTITY, sample
 
 STEPS = 8
 ALL = tm.VARIANTS
+# TeaCache keeps one state for both CFG branches on these families (as SGLang), so CFG turns it off there.
+CFG_SHARED = [v for v in ALL if tm.family(v) in ("flux", "qwen_image")]
+CFG_SEPARATE = [v for v in ALL if v not in CFG_SHARED]
 PATCH_KEY = runs.PATCHES["teacache"].key
 
 
@@ -73,7 +77,7 @@ def test_skips_exactly_the_steps_the_rule_selects_and_replays_the_cached_residua
     assert not torch.equal(result, sample(model, variant))
 
 
-@pytest.mark.parametrize("variant", ["flux", "qwen_image"])
+@pytest.mark.parametrize("variant", CFG_SHARED)
 def test_cfg_turns_teacache_off_on_flux_and_qwen(models, variant, caplog) -> None:
     model = models[variant]
     expected = sample(model, variant, cfg=3.0)
@@ -89,7 +93,7 @@ def test_cfg_turns_teacache_off_on_flux_and_qwen(models, variant, caplog) -> Non
     assert last_run(patched).disabled is None and last_run(patched).steps_computed < STEPS
 
 
-@pytest.mark.parametrize("variant", ["wan21_t2v", "hunyuan_video", "z_image"])
+@pytest.mark.parametrize("variant", CFG_SEPARATE)
 @pytest.mark.parametrize("path", ["batched", "split"])
 def test_cfg_keeps_separate_positive_and_negative_state(models, variant, path) -> None:
     model = models[variant]
@@ -139,14 +143,16 @@ def test_runs_start_clean_repeatably_and_at_a_new_resolution(models) -> None:
     assert bigger.shape[-1] == 12 and run.records[0].rel_l1 == (None,) and run.steps_computed < STEPS
 
 
-def test_auto_picks_the_family_preset(models) -> None:
-    expected = {"flux": "flux", "wan21_t2v": "wan2.1_t2v_1.3B", "wan21_i2v": "wan2.1_i2v_480p_14B",
-                "wan22_5b": "wan2.2_ti2v_5B", "hunyuan_video": "hunyuan_video", "qwen_image": "qwen_image",
-                "z_image": "z_image"}
-    for variant, preset in expected.items():
-        patch = teacache(models[variant], 0.2, coefficients="").model_options["transformer_options"][PATCH_KEY]
-        assert patch.preset.name == preset
-        assert patch.config.coefficients == patch.preset.coefficients
+@pytest.mark.parametrize("variant", ALL)
+def test_auto_names_the_member_and_picks_its_preset_saying_where_it_comes_from(models, variant, caplog) -> None:
+    member, preset = tm.named(variant)
+    with caplog.at_level(logging.INFO):
+        patch = runs.patch_of(teacache(models[variant], 0.2, coefficients=""), "teacache")
+    assert (patch.member, patch.preset.name) == (member, preset)
+    assert patch.config.coefficients == PRESETS[preset].coefficients
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Apply TeaCache:")]
+    assert line == f"Apply TeaCache: {member}, preset {PRESETS[preset].describe()}"
+    assert ("borrowed from" in line) is (PRESETS[preset].borrowed is not None)
 
 
 def test_a_failure_inside_caching_falls_back_to_computing(models, caplog) -> None:

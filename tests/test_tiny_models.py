@@ -30,7 +30,7 @@ import pytest
 import safetensors.torch
 import tiny_models
 import torch
-from tiny_models import EXTRA_VARIANTS, SPLIT_LENGTHS, VARIANTS
+from tiny_models import EXTRA_VARIANTS, VARIANTS
 
 ALL_VARIANTS = VARIANTS + EXTRA_VARIANTS
 
@@ -45,6 +45,12 @@ EXPECTED_SHAPES: dict[str, tuple[tuple[int, ...], int, int | None]] = {
     "wan22_low": ((1, 16, 3, 8, 8), 4096, None),
     "hunyuan_video": ((1, 16, 3, 8, 8), 4096, 768),
     "qwen_image": ((1, 16, 1, 16, 16), 3584, None),
+    "qwen_image_edit_2511": ((1, 16, 1, 16, 16), 3584, None),
+    "flux2": ((1, 128, 8, 8), 7680, None),
+    "flux2_klein_9b": ((1, 128, 8, 8), 12288, None),
+    "flux2_dev": ((1, 128, 8, 8), 15360, None),
+    "wan21_fun_control": ((1, 16, 3, 8, 8), 4096, None),
+    "hunyuan_video_15": ((1, 32, 3, 8, 8), 3584, None),
     "z_image": ((1, 16, 16, 16), 2560, None),
     "lumina2": ((1, 16, 16, 16), 2304, None),
 }
@@ -84,11 +90,13 @@ def _sample(
     cfg: float,
     *,
     steps: int = 4,
-    lengths: tuple[int, int] = SPLIT_LENGTHS,
+    lengths: tuple[int, int] | None = None,
     noise_seed: int = 42,
     noise_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample as the KSampler node does (euler / simple); return (noise, samples)."""
+    """Sample as the KSampler node does (euler / simple); return (noise, samples). Texts of different
+    lengths by default, so that cond and uncond run as separate calls."""
+    lengths = lengths or tiny_models.split_lengths(variant)
     latent_image = tiny_models.latent(variant)["samples"]
     noise = comfy.sample.prepare_noise(latent_image, noise_seed)
     positive = tiny_models.conditioning(variant, seed=0, length=lengths[0])
@@ -142,13 +150,21 @@ def test_comfyui_picks_the_family_classes(
     assert found == tiny_models.expected_classes(variant)
     assert base.get_dtype() == torch.float32
     unet_config = base.model_config.unet_config
-    if variant in ("flux", "flux_schnell", "qwen_image", "lumina2"):
+    if variant not in tiny_models.FILE_VARIANTS and variant != "z_image":
         # Built in-process: ComfyUI's own config matching must agree with the class we chose
         # (ZImage's matching also requires dim 3840, so Z-Image is only checked by class).
         matched = comfy.model_detection.model_config_from_unet_config(unet_config)
         assert type(matched) is type(base.model_config)
     if variant.startswith("flux"):
-        assert dm.params.guidance_embed is (variant == "flux")
+        assert dm.params.guidance_embed is (variant != "flux_schnell")
+    if variant.startswith("flux2"):
+        assert (unet_config["context_in_dim"], dm.params.global_modulation) == (EXPECTED_SHAPES[variant][1], True)
+    if variant == "wan21_fun_control":
+        assert (dm.model_type, dm.in_dim) == ("i2v", 48)
+    if variant == "hunyuan_video_15":
+        assert dm.vector_in is None and unet_config["vision_in_dim"] == 1152
+    if variant == "qwen_image_edit_2511":
+        assert dm.default_ref_method == "index_timestep_zero"
     if variant == "wan21_i2v":
         assert (dm.model_type, dm.in_dim, dm.img_emb is not None) == ("i2v", 36, True)
     if variant == "wan22_5b":
@@ -243,6 +259,8 @@ def test_latent_and_conditioning_shapes(variant: str) -> None:
     )
     if variant == "wan21_i2v":
         assert tuple(extras["clip_vision_output"].penultimate_hidden_states.shape) == (2, 257, 1280)
+    if variant == "wan21_fun_control":
+        assert tuple(extras["concat_latent_image"].shape) == (2, 32, 3, 8, 8)
 
 
 @pytest.mark.parametrize("variant", ALL_VARIANTS)

@@ -30,6 +30,7 @@ from typing import Any
 import comfy.clip_vision
 import comfy.ldm.flux.model
 import comfy.ldm.hunyuan_video.model
+import comfy.ldm.qwen_image.model
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
@@ -38,12 +39,6 @@ import comfy.supported_models
 import comfy.supported_models_base
 import comfy.utils
 import torch
-
-MEMBER_VARIANTS: tuple[str, ...] = ("flux2",)
-"""Newer members of the five families, built through their own ComfyUI config class, for the
-tests that target what only they do (Flux.2: modulation computed once, reference images at
-timestep zero); the family-wide suites do not run them yet."""
-
 
 SPLIT_LENGTHS: tuple[int, int] = (7, 5)
 """Text lengths (positive, negative) that make ComfyUI run cond and uncond as separate calls.
@@ -77,6 +72,10 @@ class _Spec:
     frames: int | None = None  # default latent frames of a video family; None for images
     frame_axis: bool = False  # an image model that takes [B, C, 1, H, W] (Qwen-Image)
     side: int | None = None  # default latent side, when not the family default
+    needs: tuple[type, str] | None = None  # (model class, field) only newer ComfyUIs declare; else left out
+    member: str = ""  # how the pack must name this member of its family (logs, Cache report)
+    text_padded_to: int | None = None  # the model pads every text to this many tokens (Flux.2: 512)
+    preset: str = ""  # the TeaCache preset model_type=auto must pick for it
 
 
 def _flux_config(guidance_embed: bool) -> dict[str, Any]:
@@ -86,6 +85,20 @@ def _flux_config(guidance_embed: bool) -> dict[str, Any]:
         "context_in_dim": 4096, "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 2,
         "depth": 2, "depth_single_blocks": 2, "axes_dim": [8, 28, 28], "theta": 10000,
         "patch_size": 2, "qkv_bias": True, "guidance_embed": guidance_embed,
+    }
+
+
+def _flux2_config(text_width: int) -> dict[str, Any]:
+    # Flux.2's detected keys (model_detection.py) at hidden 128: one head of sum(axes_dim), modulation
+    # computed once for all blocks, no pooled vector, 1x1 patches of 128 channels. The text width is
+    # three hidden layers of the member's text encoder: Qwen3-4B (Klein 4B, 7680), Qwen3-8B (Klein 9B,
+    # 12288), Mistral Small 3.1 (dev, 15360).
+    return {
+        "image_model": "flux2", "in_channels": 128, "out_channels": 128, "vec_in_dim": None,
+        "context_in_dim": text_width, "hidden_size": 128, "mlp_ratio": 3.0, "num_heads": 1,
+        "depth": 2, "depth_single_blocks": 2, "axes_dim": [32, 32, 32, 32], "theta": 2000,
+        "patch_size": 1, "qkv_bias": False, "guidance_embed": True, "global_modulation": True,
+        "mlp_silu_act": True, "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0,
     }
 
 
@@ -100,40 +113,44 @@ def _wan_config(model_type: str, in_dim: int, out_dim: int) -> dict[str, Any]:
 
 
 _SPECS: dict[str, _Spec] = {
-    "flux": _Spec(comfy.supported_models.Flux, "flux", ("Flux", "Flux"), _flux_config(True), 16, 4096, pooled_dim=768),
+    "flux": _Spec(comfy.supported_models.Flux, "flux", ("Flux", "Flux"), _flux_config(True), 16, 4096, pooled_dim=768, member="Flux.1", preset="flux"),
     "flux_schnell": _Spec(
-        comfy.supported_models.FluxSchnell, "flux", ("Flux", "Flux"), _flux_config(False), 16, 4096, pooled_dim=768
+        comfy.supported_models.FluxSchnell, "flux", ("Flux", "Flux"), _flux_config(False), 16, 4096, pooled_dim=768, member="Flux.1", preset="flux"
     ),
     "flux2": _Spec(
-        comfy.supported_models.Flux2, "flux", ("Flux2", "Flux"),
-        {
-            # Flux.2's detected keys (model_detection.py) at hidden 128: one head of sum(axes_dim),
-            # modulation computed once for all blocks, no pooled vector, 1x1 patches of 128
-            # channels; the text width of Flux.2 Klein 4B (three Qwen3-4B layers).
-            "image_model": "flux2", "in_channels": 128, "out_channels": 128, "vec_in_dim": None,
-            "context_in_dim": 7680, "hidden_size": 128, "mlp_ratio": 3.0, "num_heads": 1,
-            "depth": 2, "depth_single_blocks": 2, "axes_dim": [32, 32, 32, 32], "theta": 2000,
-            "patch_size": 1, "qkv_bias": False, "guidance_embed": True, "global_modulation": True,
-            "mlp_silu_act": True, "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0,
-        },
-        128, 7680, side=8,
+        comfy.supported_models.Flux2, "flux", ("Flux2", "Flux"), _flux2_config(7680), 128, 7680, side=8,
+        member="Flux.2 Klein 4B", preset="flux2", text_padded_to=512,
+    ),
+    "flux2_klein_9b": _Spec(
+        comfy.supported_models.Flux2, "flux", ("Flux2", "Flux"), _flux2_config(12288), 128, 12288, side=8,
+        member="Flux.2 Klein 9B", preset="flux2", text_padded_to=512,
+    ),
+    "flux2_dev": _Spec(
+        comfy.supported_models.Flux2, "flux", ("Flux2", "Flux"), _flux2_config(15360), 128, 15360, side=8,
+        member="Flux.2 dev", preset="flux2", text_padded_to=512,
     ),
     "wan21_t2v": _Spec(
-        comfy.supported_models.WAN21_T2V, "wan", ("WAN21", "WanModel"), _wan_config("t2v", 16, 16), 16, 4096, frames=3
+        comfy.supported_models.WAN21_T2V, "wan", ("WAN21", "WanModel"), _wan_config("t2v", 16, 16), 16, 4096, frames=3, member="Wan T2V 1.3B", preset="wan2.1_t2v_1.3B"
     ),
     "wan21_i2v": _Spec(
-        comfy.supported_models.WAN21_I2V, "wan", ("WAN21", "WanModel"), _wan_config("i2v", 36, 16), 16, 4096, frames=3
+        comfy.supported_models.WAN21_I2V, "wan", ("WAN21", "WanModel"), _wan_config("i2v", 36, 16), 16, 4096, frames=3, member="Wan I2V 14B", preset="wan2.1_i2v_480p_14B"
     ),
     "wan22_5b": _Spec(
-        comfy.supported_models.WAN22_T2V, "wan", ("WAN22", "WanModel"), _wan_config("t2v", 48, 48), 48, 4096, frames=3
+        comfy.supported_models.WAN22_T2V, "wan", ("WAN22", "WanModel"), _wan_config("t2v", 48, 48), 48, 4096, frames=3, member="Wan 2.2 TI2V 5B", preset="wan2.2_ti2v_5B"
     ),
     # A Wan 2.2 14B expert pair: two ordinary Wan T2V checkpoints of one shape, whose
     # weights differ because the variant name is part of every weight's seed.
     "wan22_high": _Spec(
-        comfy.supported_models.WAN21_T2V, "wan", ("WAN21", "WanModel"), _wan_config("t2v", 16, 16), 16, 4096, frames=3
+        comfy.supported_models.WAN21_T2V, "wan", ("WAN21", "WanModel"), _wan_config("t2v", 16, 16), 16, 4096, frames=3, member="Wan T2V 1.3B", preset="wan2.1_t2v_1.3B"
     ),
     "wan22_low": _Spec(
-        comfy.supported_models.WAN21_T2V, "wan", ("WAN21", "WanModel"), _wan_config("t2v", 16, 16), 16, 4096, frames=3
+        comfy.supported_models.WAN21_T2V, "wan", ("WAN21", "WanModel"), _wan_config("t2v", 16, 16), 16, 4096, frames=3, member="Wan T2V 1.3B", preset="wan2.1_t2v_1.3B"
+    ),
+    "wan21_fun_control": _Spec(
+        # Wan Fun Control (2.1 1.3B/14B, 2.2 A14B): 16 noise + 32 control channels into the patch
+        # embedding, the I2V model's image projection; WAN21.concat_cond zero-fills the control when none is given.
+        comfy.supported_models.WAN21_FunControl2V, "wan", ("WAN21", "WanModel"), _wan_config("i2v", 48, 16), 16,
+        4096, frames=3, member="Wan Fun Control 1.3B", preset="wan2.1_t2v_1.3B"
     ),
     "hunyuan_video": _Spec(
         comfy.supported_models.HunyuanVideo, "hunyuan_video", ("HunyuanVideo", "HunyuanVideo"),
@@ -147,7 +164,22 @@ _SPECS: dict[str, _Spec] = {
             "qkv_bias": True, "byt5": False, "guidance_embed": True,
             "use_cond_type_embedding": False, "vision_in_dim": None,
         },
-        16, 4096, pooled_dim=768, frames=3,
+        16, 4096, pooled_dim=768, frames=3, member="HunyuanVideo", preset="hunyuan_video"
+    ),
+    "hunyuan_video_15": _Spec(
+        comfy.supported_models.HunyuanVideo15, "hunyuan_video", ("HunyuanVideo15", "HunyuanVideo"),
+        {
+            # HunyuanVideo 1.5's detected keys at hidden 128: 32 latent channels + 32 image-condition
+            # channels + 1 mask in, 1x1x1 patches, no CLIP-L vector, no guidance input, a SigLIP
+            # projection (vision_in, 1152 wide: what tells ComfyUI it is 1.5) and the cond-type embedding.
+            "image_model": "hunyuan_video", "in_channels": 65, "out_channels": 32,
+            "patch_size": [1, 1, 1], "vec_in_dim": None, "axes_dim": [16, 56, 56],
+            "meanflow": False, "context_in_dim": 3584, "hidden_size": 128, "mlp_ratio": 4.0,
+            "num_heads": 1, "depth": 2, "depth_single_blocks": 2, "theta": 256,
+            "qkv_bias": True, "byt5": False, "guidance_embed": False,
+            "use_cond_type_embedding": True, "vision_in_dim": 1152,
+        },
+        32, 3584, frames=3, member="HunyuanVideo 1.5", preset="hunyuan_video_1.5"
     ),
     "qwen_image": _Spec(
         comfy.supported_models.QwenImage, "qwen_image", ("QwenImage", "QwenImageTransformer2DModel"),
@@ -156,7 +188,18 @@ _SPECS: dict[str, _Spec] = {
             "num_layers": 3, "attention_head_dim": 64, "num_attention_heads": 2,
             "joint_attention_dim": 3584, "axes_dims_rope": (8, 28, 28),
         },
-        16, 3584, frame_axis=True,
+        16, 3584, frame_axis=True, member="Qwen-Image", preset="qwen_image"
+    ),
+    "qwen_image_edit_2511": _Spec(
+        # Qwen-Image-Edit 2511: Qwen-Image whose checkpoint carries __index_timestep_zero__, which
+        # ComfyUI (0.33 on) turns into this unet_config entry: reference images get timestep zero.
+        comfy.supported_models.QwenImage, "qwen_image", ("QwenImage", "QwenImageTransformer2DModel"),
+        {
+            "image_model": "qwen_image", "in_channels": 64, "out_channels": 16,
+            "num_layers": 3, "attention_head_dim": 64, "num_attention_heads": 2,
+            "joint_attention_dim": 3584, "axes_dims_rope": (8, 28, 28), "default_ref_method": "index_timestep_zero",
+        },
+        16, 3584, frame_axis=True, needs=(comfy.ldm.qwen_image.model.QwenImageTransformer2DModel, "default_ref_method"), member="Qwen-Image-Edit 2511", preset="qwen_image_edit"
     ),
     "z_image": _Spec(
         comfy.supported_models.ZImage, "z_image", ("Lumina2", "NextDiT"),
@@ -169,7 +212,7 @@ _SPECS: dict[str, _Spec] = {
             "axes_lens": [1536, 512, 512], "rope_theta": 256.0, "ffn_dim_multiplier": 8.0 / 3.0,
             "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32,
         },
-        16, 2560,
+        16, 2560, member="Z-Image", preset="z_image"
     ),
     "lumina2": _Spec(
         comfy.supported_models.Lumina2, None, ("Lumina2", "NextDiT"),
@@ -186,8 +229,21 @@ _SPECS: dict[str, _Spec] = {
 }
 
 
-VARIANTS: tuple[str, ...] = tuple(v for v, spec in _SPECS.items() if spec.family and v not in MEMBER_VARIANTS)
-"""Every tiny model of a family the pack patches: the family-wide suites run each of them."""
+def _declared_fields(diffusion_class: type) -> set[str]:
+    """The constructor fields the installed ComfyUI's model class takes (its ``<Class>Params``, if any)."""
+    params = getattr(sys.modules[diffusion_class.__module__], f"{diffusion_class.__name__}Params", None)
+    if dataclasses.is_dataclass(params):
+        return {f.name for f in dataclasses.fields(params)}
+    return set(inspect.signature(diffusion_class).parameters)
+
+
+def _buildable(spec: _Spec) -> bool:
+    return spec.needs is None or spec.needs[1] in _declared_fields(spec.needs[0])
+
+
+VARIANTS: tuple[str, ...] = tuple(v for v, spec in _SPECS.items() if spec.family and _buildable(spec))
+"""Every tiny model of a family the pack patches that this ComfyUI can build (each built through that
+member's own ComfyUI config): the family-wide suites run each of them."""
 
 EXTRA_VARIANTS: tuple[str, ...] = tuple(v for v, spec in _SPECS.items() if spec.family is None)
 """Models of families the pack does not patch (Lumina 2: a NextDiT without Z-Image's
@@ -207,6 +263,19 @@ def family(variant: str) -> str | None:
     return _spec(variant).family
 
 
+def split_lengths(variant: str) -> tuple[int, int]:
+    """Text lengths that make ComfyUI run this variant's cond and uncond as separate calls: ``SPLIT_LENGTHS``,
+    or for a model that pads every text (Flux.2), a positive text longer than the padding."""
+    padded = _spec(variant).text_padded_to
+    return SPLIT_LENGTHS if padded is None else (padded + 1, SPLIT_LENGTHS[1])
+
+
+def named(variant: str) -> tuple[str, str]:
+    """(member, TeaCache preset): how the pack must name this variant and the preset auto must pick."""
+    spec = _spec(variant)
+    return spec.member, spec.preset
+
+
 def expected_classes(variant: str) -> tuple[str, str, str]:
     """(model config, BaseModel, diffusion model) class names ComfyUI must build for this variant."""
     spec = _spec(variant)
@@ -215,7 +284,7 @@ def expected_classes(variant: str) -> tuple[str, str, str]:
 
 def _spec(variant: str) -> _Spec:
     if variant not in _SPECS:
-        known = VARIANTS + MEMBER_VARIANTS + EXTRA_VARIANTS
+        known = VARIANTS + EXTRA_VARIANTS
         raise ValueError(f"unknown tiny model variant {variant!r}; pick one of {known}")
     return _SPECS[variant]
 
@@ -260,14 +329,6 @@ def _fill_weights(module: torch.nn.Module, variant: str, seed: int) -> None:
                 std = param[0].numel() ** -0.5 if is_matrix else 0.02
                 values = torch.randn(param.shape, generator=_generator(variant, seed, name))
                 param.copy_(values * std)
-
-
-def _declared_fields(diffusion_class: type) -> set[str]:
-    """The constructor fields the installed ComfyUI's model class takes (its ``<Class>Params``, if any)."""
-    params = getattr(sys.modules[diffusion_class.__module__], f"{diffusion_class.__name__}Params", None)
-    if dataclasses.is_dataclass(params):
-        return {f.name for f in dataclasses.fields(params)}
-    return set(inspect.signature(diffusion_class).parameters)
 
 
 # Fields that only some ComfyUI versions declare (0.33 requires them, 0.3.75 rejects them), per
@@ -386,12 +447,13 @@ def conditioning(
     from ComfyUI's defaults (3.5 / 6.0). ``wan21_i2v`` gets a ``clip_vision_output`` (257
     CLIP-H tokens of 1280) so its image cross-attention sees image tokens; its image latent
     is left out because WAN21.concat_cond zero-fills the 20 extra input channels (the
-    I2V model runs without either).
+    I2V model runs without either). ``wan21_fun_control`` gets a control video latent.
     """
     spec = _spec(variant)
     g = _generator(variant, "conditioning", seed)
     text = torch.randn(batch, length, spec.context_dim, generator=g)
-    extras: dict[str, Any] = {}
+    # As CLIPTextEncode gives it: a pooled_output entry always, None where the text encoder has none.
+    extras: dict[str, Any] = {"pooled_output": None}
     if spec.pooled_dim is not None:
         extras["pooled_output"] = torch.randn(batch, spec.pooled_dim, generator=g)
     if variant == "wan21_i2v":
@@ -401,4 +463,9 @@ def conditioning(
             batch, 257, 1280, generator=_generator(variant, "clip_vision")
         )
         extras["clip_vision_output"] = clip_vision
+    if variant == "wan21_fun_control":
+        # As WanFunControlToVideo gives both branches: the control video's latent (and a start image's,
+        # zero here) on the 32 channels beside the noise.
+        control = torch.randn(batch, 16, spec.frames, _VIDEO_SIZE, _VIDEO_SIZE, generator=_generator(variant, "control"))
+        extras["concat_latent_image"] = torch.cat([control, torch.zeros_like(control)], dim=1)
     return [[text, extras]]

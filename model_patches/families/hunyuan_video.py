@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..double_stream import double_stream_indicator, double_then_single_keys
-from ..family import BlockArgs, CallInfo, Family
+from ..family import BlockArgs, CallInfo, Family, Variant, config_is
 
 
 def _indicator(dm: torch.nn.Module, args: BlockArgs, call: CallInfo, mode: str) -> torch.Tensor:
@@ -22,5 +22,9 @@ FAMILY = Family(
     classes=frozenset({"HunyuanVideo"}),
     block_keys=double_then_single_keys,
     indicator=_indicator,
-    default_preset="hunyuan_video",
+    variants=(
+        Variant("HunyuanVideo 1.5", "hunyuan_video_1.5", config_is("HunyuanVideo15", "HunyuanVideo15_SR_Distilled")),
+        Variant("HunyuanImage 2.1", "hunyuan_video", config_is("HunyuanImage21", "HunyuanImage21Refiner")),
+        Variant("HunyuanVideo", "hunyuan_video"),
+    ),
 )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from ..family import BlockArgs, CallInfo, Family, reference_tokens
+from ..family import BlockArgs, CallInfo, Family, Variant, reference_tokens
 
 
 def _block_keys(dm: torch.nn.Module) -> list[tuple[str, int]]:
@@ -22,6 +24,11 @@ def _indicator(dm: torch.nn.Module, args: BlockArgs, call: CallInfo, mode: str) 
     return block._modulate(block.img_norm1(img), img_mod1, img.shape[1] - reference_tokens(args))[0]
 
 
+def _references_at_timestep_zero(model_patcher: Any) -> bool:
+    dm = getattr(model_patcher.model, "diffusion_model", None)
+    return getattr(dm, "default_ref_method", None) == "index_timestep_zero"
+
+
 FAMILY = Family(
     text_stream_kinds=frozenset({"double_block"}),
     name="qwen_image",
@@ -29,6 +36,11 @@ FAMILY = Family(
     classes=frozenset({"QwenImageTransformer2DModel"}),
     block_keys=_block_keys,
     indicator=_indicator,
-    default_preset="qwen_image",
+    variants=(
+        # Edit 2511 checkpoints carry __index_timestep_zero__, which ComfyUI turns into this default;
+        # Qwen-Image and Edit (2509) share their config and are told apart by nothing ComfyUI builds.
+        Variant("Qwen-Image-Edit 2511", "qwen_image_edit", _references_at_timestep_zero),
+        Variant("Qwen-Image", "qwen_image"),
+    ),
     cfg_shares_state=True,
 )

@@ -14,7 +14,7 @@ from typing import Any
 import comfy.ldm.lumina.model as lumina
 import torch
 
-from ..family import BlockArgs, CallInfo, Family
+from ..family import BlockArgs, CallInfo, Family, Variant
 from ..sampling_hooks import call_arguments, called_model, eager, eager_frame
 
 
@@ -98,6 +98,7 @@ FAMILY = Family(
     configs=frozenset({"ZImage"}),  # NextDiT is also Lumina 2, which has no preset here
     block_keys=_block_keys,
     indicator=_indicator,
-    default_preset="z_image",
+    # Turbo and base share their config; the pixel-space model is another class (NextDiTPixelSpace).
+    variants=(Variant("Z-Image", "z_image"),),
     object_patches=_object_patches,
 )

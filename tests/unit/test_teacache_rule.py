@@ -142,4 +142,6 @@ def test_presets_are_complete_and_honest() -> None:
         assert len(preset.coefficients) == 5 and preset.recommended_thresh > 0
         if preset.borrowed:
             assert PRESETS[preset.borrowed].coefficients == preset.coefficients
-    assert {p.name for p in PRESETS.values() if p.borrowed} == {"wan2.2_t2v_14B", "wan2.2_ti2v_5B", "qwen_image", "z_image"}
+    borrowed = {p.name for p in PRESETS.values() if p.borrowed}
+    assert borrowed == {"wan2.2_t2v_14B", "wan2.2_ti2v_5B", "flux2", "hunyuan_video_1.5", "qwen_image",
+                        "qwen_image_edit", "z_image"}
