@@ -49,7 +49,7 @@ class Input:
     advanced: bool = False
 
     def check(self, value: object) -> Any:
-        """The value as the config takes it; ValueError names the input and what it allows."""
+        """The value as the config takes it; the ValueError or TypeError names the input and what it allows."""
         if self.choices:
             if value in self.choices or (self.calibrated and isinstance(value, str) and value.startswith(PREFIX)):
                 return value

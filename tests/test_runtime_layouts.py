@@ -173,12 +173,11 @@ def test_branches_computed_in_parallel_threads_decide_as_in_a_sequential_run(mod
     assert sequential.skipped_steps  # the runs really cached
 
 
-def _timestep_zero_model(variant: str, models: dict[str, Any]) -> Any:
-    """A tiny model whose reference tokens take a timestep-zero modulation row.
-
-    Qwen-Image-Edit 2511 has that method as its default (what detection sets for a checkpoint with
-    ``__index_timestep_zero__``); Flux.2 takes it from the conditioning, as
-    FluxKontextMultiReferenceLatentMethod sets it.
+def _reference_model(variant: str, models: dict[str, Any]) -> Any:
+    """A tiny model that takes reference images. Qwen-Image's default method appends their tokens at the
+    step's timestep (Edit 2509). Qwen-Image-Edit 2511 gives them a timestep-zero modulation row by default
+    (what detection sets for a checkpoint with ``__index_timestep_zero__``); Flux.2 takes that method from
+    the conditioning, as FluxKontextMultiReferenceLatentMethod sets it.
     """
     if variant not in tm.VARIANTS:
         pytest.skip(f"this ComfyUI cannot build {variant} (its timestep-zero reference method came with 0.33)")
@@ -207,11 +206,11 @@ def _modulation_rows(model: Any, family: str) -> tuple[Any, Callable[[tuple], in
     return dm.double_stream_modulation_img, lambda args: args[0].shape[1]  # Flux.2: [batch, rows, dim]
 
 
-@pytest.mark.parametrize("variant", ["qwen_image_edit_2511", "flux2"])
-def test_reference_images_at_timestep_zero_are_measured_and_cached_on_the_right_rows(models, variant) -> None:
+@pytest.mark.parametrize(("variant", "rows_per_sample"), [("qwen_image", 1), ("qwen_image_edit_2511", 2), ("flux2", 2)])
+def test_reference_images_are_measured_and_cached_on_the_right_rows(models, variant, rows_per_sample) -> None:
     from probes import ModelProbe, relative_l1
 
-    model = _timestep_zero_model(variant, models)
+    model = _reference_model(variant, models)
     family = tm.family(variant)
     latent = tm.latent(variant)["samples"]
 
@@ -227,12 +226,13 @@ def test_reference_images_at_timestep_zero_are_measured_and_cached_on_the_right_
         expected = run(model)
     finally:
         handle.remove()
-    assert set(rows) == {2}  # one sample, two modulation rows: the reference really runs at timestep zero
+    # One sample: one modulation row, or two where the reference really runs at timestep zero.
+    assert set(rows) == {rows_per_sample}
     exact = ApplyTeaCache.execute(model, model_type="auto", rel_l1_thresh=0.0, coefficients="1, 0")[0]
     with ModelProbe(exact, family) as probe:
         assert torch.equal(run(exact), expected)
     records = last_run(exact, "teacache").records
-    # Block 0's real modulated input: the image's rows at the step's timestep, the reference's at zero.
+    # Block 0's real modulated input: the image's rows at the step's timestep, the reference's at its own.
     modulated = [call.modulated[0] for call in probe.calls]
     assert modulated[0].shape[1] == 64 + 16  # 8x8 image tokens, then 4x4 reference tokens
     independent = [relative_l1(a, b) for a, b in itertools.pairwise(modulated)]

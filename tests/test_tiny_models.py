@@ -51,6 +51,7 @@ EXPECTED_SHAPES: dict[str, tuple[tuple[int, ...], int, int | None]] = {
     "flux2_dev": ((1, 128, 8, 8), 15360, None),
     "wan21_fun_control": ((1, 16, 3, 8, 8), 4096, None),
     "hunyuan_video_15": ((1, 32, 3, 8, 8), 3584, None),
+    "hunyuan_image_21": ((1, 64, 16, 16), 3584, None),
     "z_image": ((1, 16, 16, 16), 2560, None),
     "lumina2": ((1, 16, 16, 16), 2304, None),
 }
@@ -259,6 +260,7 @@ def test_latent_and_conditioning_shapes(variant: str) -> None:
     )
     if variant == "wan21_i2v":
         assert tuple(extras["clip_vision_output"].penultimate_hidden_states.shape) == (2, 257, 1280)
+        assert tuple(extras["concat_latent_image"].shape) == (2, 16, 3, 8, 8)
     if variant == "wan21_fun_control":
         assert tuple(extras["concat_latent_image"].shape) == (2, 32, 3, 8, 8)
 

@@ -181,6 +181,20 @@ _SPECS: dict[str, _Spec] = {
         },
         32, 3584, frames=3, member="HunyuanVideo 1.5", preset="hunyuan_video_1.5"
     ),
+    "hunyuan_image_21": _Spec(
+        comfy.supported_models.HunyuanImage21, "hunyuan_video", ("HunyuanImage21", "HunyuanVideo"),
+        {
+            # HunyuanImage 2.1's detected keys at hidden 128: 64 latent channels (its 32x VAE), 2-D 1x1
+            # patches with 2-D rotary axes (64 + 64), no CLIP-L vector, a guidance input, Qwen2.5-VL text.
+            "image_model": "hunyuan_video", "in_channels": 64, "out_channels": 64,
+            "patch_size": [1, 1], "vec_in_dim": None, "axes_dim": [64, 64],
+            "meanflow": False, "context_in_dim": 3584, "hidden_size": 128, "mlp_ratio": 4.0,
+            "num_heads": 1, "depth": 2, "depth_single_blocks": 2, "theta": 256,
+            "qkv_bias": True, "byt5": False, "guidance_embed": True,
+            "use_cond_type_embedding": False, "vision_in_dim": None,
+        },
+        64, 3584, member="HunyuanImage 2.1", preset="hunyuan_video",
+    ),
     "qwen_image": _Spec(
         comfy.supported_models.QwenImage, "qwen_image", ("QwenImage", "QwenImageTransformer2DModel"),
         {
@@ -445,9 +459,9 @@ def conditioning(
 
     Flux and HunyuanVideo also get ``pooled_output`` (CLIP-L, 768); their guidance comes
     from ComfyUI's defaults (3.5 / 6.0). ``wan21_i2v`` gets a ``clip_vision_output`` (257
-    CLIP-H tokens of 1280) so its image cross-attention sees image tokens; its image latent
-    is left out because WAN21.concat_cond zero-fills the 20 extra input channels (the
-    I2V model runs without either). ``wan21_fun_control`` gets a control video latent.
+    CLIP-H tokens of 1280) so its image cross-attention sees image tokens, and a start image's
+    latent with its mask on the 20 extra input channels. ``wan21_fun_control`` gets a control
+    video latent.
     """
     spec = _spec(variant)
     g = _generator(variant, "conditioning", seed)
@@ -463,6 +477,13 @@ def conditioning(
             batch, 257, 1280, generator=_generator(variant, "clip_vision")
         )
         extras["clip_vision_output"] = clip_vision
+        # And the start image's latent with WanImageToVideo's mask (0 on the given first frame, 1 to
+        # generate): the inputs an I2V, first-last-frame or Fun Inpaint model concatenates to the noise.
+        shape = (batch, 16, spec.frames, _VIDEO_SIZE, _VIDEO_SIZE)
+        extras["concat_latent_image"] = torch.randn(shape, generator=_generator(variant, "start_image"))
+        mask = torch.ones(1, 1, spec.frames, _VIDEO_SIZE, _VIDEO_SIZE)
+        mask[:, :, 0] = 0.0
+        extras["concat_mask"] = mask
     if variant == "wan21_fun_control":
         # As WanFunControlToVideo gives both branches: the control video's latent (and a start image's,
         # zero here) on the 32 channels beside the noise.
