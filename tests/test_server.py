@@ -139,7 +139,7 @@ def test_invalid_inputs_are_rejected_and_the_server_keeps_serving(
 
 
 def test_a_threshold_from_a_linked_node_is_accepted(server: ComfyServer) -> None:
-    """VALIDATE_INPUTS sees None for a linked widget; its value only exists at run time."""
+    """validate_inputs sees None for a linked widget; its value only exists at run time."""
     graph = wf.graph("flux", wf.TeaCache(coefficients=IDENTITY), steps=STEPS)
     graph["threshold"] = {"class_type": "PrimitiveFloat", "inputs": {"value": 1.0}}
     graph[wf.METHOD]["inputs"]["rel_l1_thresh"] = ["threshold", 0]
