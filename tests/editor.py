@@ -40,15 +40,21 @@ _LOAD_JS = """async ([url, name]) => {
   if (!response.ok) return {error: `HTTP ${response.status}`};
   await window.app.loadGraphData(await response.json(), true, true, name);
   await new Promise(r => setTimeout(r, 200));
-  const nodes = window.app.graph.nodes;
+  // Every node, those inside subgraphs too: `path` is the id graphToPrompt gives it ("outer:inner"),
+  // `active` whether it runs (neither it nor a subgraph node around it is muted or bypassed).
+  const walk = (graph, prefix, active) => graph.nodes.flatMap(n => {
+    const here = {n, path: prefix + n.id, active: active && n.mode === 0};
+    return n.isSubgraphNode?.() ? [here, ...walk(n.subgraph, here.path + ':', here.active)] : [here];
+  });
+  const all = walk(window.app.graph, '', true);
   const visible = el => el.offsetParent !== null;
   return {
-    types: nodes.map(n => n.type),
-    missing: nodes.filter(n => !window.LiteGraph.registered_node_types[n.type]).map(n => n.type),
+    types: all.map(({n}) => n.type),
+    missing: all.filter(({n}) => !window.LiteGraph.registered_node_types[n.type]).map(({n}) => n.type),
     dialogs: Array.from(document.querySelectorAll('.p-dialog')).filter(visible).map(d => d.innerText),
     error_toasts: Array.from(document.querySelectorAll('.p-toast-message-error')).map(t => t.innerText),
-    ours: nodes.filter(n => n.type.startsWith('PREFIX')).map(n => ({
-      id: n.id, type: n.type, title: n.title, mode: n.mode,
+    ours: all.filter(({n}) => n.type.startsWith('PREFIX')).map(({n, path, active}) => ({
+      id: n.id, path, active, type: n.type, title: n.title, mode: n.mode,
       widgets: (n.widgets || []).map(w => ({name: w.name, value: w.value})),
       inputs: n.inputs.map(i => ({name: i.name, type: i.type, link: i.link})),
     })),
@@ -84,7 +90,7 @@ class Loaded:
     dialogs: list[str]  # text of dialogs left open (missing nodes, load errors)
     error_toasts: list[str]
     page_errors: list[str]  # uncaught exceptions in the page while loading
-    ours: list[dict[str, Any]]  # our nodes as drawn: id, type, title, mode, widgets, inputs
+    ours: list[dict[str, Any]]  # our nodes as drawn (in subgraphs too): id, path, active, type, title, mode, widgets, inputs
 
 
 def chromium_path() -> str:

@@ -16,19 +16,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import comfyui_version
 import pytest
 import tiny_prompt
-from comfy_server import PACK_DIR_NAME, ROOT, ComfyServer
+from comfy_server import PACK_DIR_NAME, ROOT, ComfyServer, import_tiny_models
 from editor import OUR_PREFIX, Editor, open_editor
 
 sys.path.insert(0, str(ROOT / "tools"))
 import make_workflows
 
 WORKFLOWS = ROOT / "workflows"
+tiny_models = import_tiny_models()
+HOST_VERSION = tuple(int(part) for part in comfyui_version.__version__.split(".")[:2])
 NAMES = sorted(path.stem for path in WORKFLOWS.glob("*.json"))
 TEACACHE, CACHEDIT = "DiTCache_ApplyTeaCache", "DiTCache_ApplyCacheDiT"
-SAMPLERS = {"KSampler", "KSamplerAdvanced", "BasicGuider"}
-SUMMARY = re.compile(r"(?P<method>TeaCache|Cache-DiT) \[(?P<family>[^,\]]+), (?P<tag>[^\]]+)\]: computed \d+/\d+ steps")
+SAMPLERS = set(make_workflows.SAMPLER_MODEL_INPUTS)
+SUMMARY = re.compile(
+    r"(?P<method>TeaCache|Cache-DiT) \[(?P<family>[^,\]]+), (?P<tag>[^\]]+)\]: computed (?P<computed>\d+)/(?P<steps>\d+) steps"
+    r".*\((?P<member>[^()]*)\)$",
+    re.MULTILINE,
+)
 CFG_OFF = re.compile(r"TeaCache: CFG is active \(cfg=2\.5\).*TeaCache is off for this run")
 
 
@@ -51,7 +58,15 @@ EXPECTED = {
     "wan22_14b_i2v_teacache": Expected("wan22_high", "wan"),  # the low-noise expert: tiny_prompt.expert_variant
     "wan22_5b_ti2v_cachedit": Expected("wan22_5b", "wan"),
     "hunyuan_video_teacache": Expected("hunyuan_video", "hunyuan_video"),
+    "flux2_dev_teacache": Expected("flux2_dev", "flux"),
+    "flux2_klein_cachedit": Expected("flux2", "flux"),  # the Klein 4B base (the distilled subgraph is bypassed)
+    "qwen_image_edit_2511_cachedit": Expected("qwen_image_edit_2511", "qwen_image"),
+    "z_image_teacache": Expected("z_image", "z_image"),
+    "z_image_turbo_fun_controlnet_cachedit": Expected("z_image", "z_image"),
+    "hunyuan_video15_teacache": Expected("hunyuan_video_15", "hunyuan_video"),
+    "wan22_14b_fun_control_teacache": Expected("wan21_fun_control", "wan"),  # both experts: one tiny Fun Control
 }
+EXAMPLES = {example.name: example for example in make_workflows.EXAMPLES}
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +84,12 @@ def editor(server: ComfyServer) -> Iterator[Editor]:
 @pytest.fixture(scope="module")
 def object_info(server: ComfyServer) -> dict[str, Any]:
     return server.all_object_info()
+
+
+def skip_unless_the_host_runs(name: str) -> None:
+    needs = EXAMPLES[name].needs_033
+    if needs and HOST_VERSION < (0, 33):
+        pytest.skip(f"{name} needs ComfyUI 0.33: {needs}")
 
 
 def saved(name: str) -> dict[str, Any]:
@@ -117,20 +138,23 @@ def overlaps(workflow: dict[str, Any]) -> set[tuple[int, int]]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_our_nodes_and_the_note_overlap_nothing_the_template_did_not(name: str) -> None:
-    workflow = saved(name)
-    template = make_workflows.load_template(*next((e.package, e.template) for e in make_workflows.EXAMPLES if e.name == name))
-    assert overlaps(workflow) == overlaps(template)
+    """On the workflow's canvas and on each subgraph's."""
+    workflow, template = saved(name), make_workflows.load_template(EXAMPLES[name].package, EXAMPLES[name].template)
+    assert [overlaps(graph) for graph in make_workflows.graphs(workflow)] == [
+        overlaps(graph) for graph in make_workflows.graphs(template)
+    ]
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_example_opens_in_the_editor_and_runs(
     server: ComfyServer, editor: Editor, object_info: dict[str, Any], name: str
 ) -> None:
+    skip_unless_the_host_runs(name)
     loaded = editor.load(name)
     assert (loaded.missing, loaded.dialogs, loaded.error_toasts, loaded.page_errors) == ([], [], [], [])
     for node in loaded.ours:
         node["id"] = int(node["id"])  # frontend 1.49 reports node ids as strings
-    file_nodes = {node["id"]: node for node in saved(name)["nodes"]}
+    file_nodes = {node["id"]: node for graph in make_workflows.graphs(saved(name)) for node in graph["nodes"]}
     assert sorted(node["id"] for node in loaded.ours) == sorted(
         node_id for node_id, node in file_nodes.items() if node["type"].startswith(OUR_PREFIX)
     )
@@ -146,13 +170,13 @@ def test_example_opens_in_the_editor_and_runs(
 
     # Converted by the editor: each active node of ours takes the MODEL chain and feeds only a sampler.
     prompt = editor.api_prompt()
-    active = [node for node in loaded.ours if node["mode"] == 0]
+    active = [node for node in loaded.ours if node["active"]]
     for node in active:
-        entry = prompt[str(node["id"])]
+        entry = prompt[node["path"]]
         assert entry["class_type"] == node["type"]
         assert {k: v for k, v in entry["inputs"].items() if k != "model"} == {w["name"]: w["value"] for w in node["widgets"]}
         consumers = [
-            other["class_type"] for other in prompt.values() if [str(node["id"]), 0] in other["inputs"].values()
+            other["class_type"] for other in prompt.values() if [node["path"], 0] in other["inputs"].values()
         ]
         assert consumers and set(consumers) <= SAMPLERS, consumers
 
@@ -170,13 +194,39 @@ def run_on_tiny_models(server: ComfyServer, prompt: dict[str, Any], name: str, a
     if expected.cfg_off:
         assert len(CFG_OFF.findall(run.log)) == 1 and not summaries, run.log
         return
-    assert sorted((m["method"], m["family"]) for m in summaries) == sorted(
-        ("TeaCache" if node["type"] == TEACACHE else "Cache-DiT", expected.family) for node in active
+    member, _ = tiny_models.named(expected.variant)  # wan22_high and wan22_low share theirs
+    assert sorted((m["method"], m["family"], m["member"]) for m in summaries) == sorted(
+        ("TeaCache" if node["type"] == TEACACHE else "Cache-DiT", expected.family, member) for node in active
     ), run.log
     for node in active:
         threshold = next(w["value"] for w in node["widgets"] if w["name"] in ("rel_l1_thresh", "residual_diff_threshold"))
         tag = f"_R{threshold:.2f}" if node["type"] == TEACACHE else f"_R{float(threshold)}"
         assert any(tag in m["tag"] for m in summaries), (tag, [m["tag"] for m in summaries])
+
+
+def test_the_controlnet_example_never_replays_the_controlnet(server: ComfyServer, editor: Editor, object_info: dict[str, Any]) -> None:
+    """Z-Image Turbo's Fun ControlNet acts at every block and step: with it every step computes, even at the
+    highest threshold; the same graph without it caches (so that run could have cached)."""
+    name = "z_image_turbo_fun_controlnet_cachedit"
+    skip_unless_the_host_runs(name)
+    editor.load(name)
+    graph = tiny_prompt.tiny(editor.api_prompt(), EXPECTED[name].variant, prefix=f"examples/{name}")
+    highest = all_inputs(object_info[CACHEDIT])["residual_diff_threshold"]["max"]
+    for entry in graph.values():
+        if entry["class_type"] == CACHEDIT:
+            entry["inputs"]["residual_diff_threshold"] = highest
+    (patch_id,) = (node_id for node_id, entry in graph.items() if entry["class_type"] == "DiTCacheTest_BlockPatch")
+    without = {node_id: json.loads(json.dumps(entry)) for node_id, entry in graph.items() if node_id != patch_id}
+    for entry in without.values():  # the ControlNet's consumers take the model it patched
+        entry["inputs"] = {k: graph[patch_id]["inputs"]["model"] if v == [patch_id, 0] else v for k, v in entry["inputs"].items()}
+    counts = []
+    for prompt in (graph, without):
+        run = server.run(prompt)
+        assert run.status == "success", f"{run.error}\n{server.log_tail()}"
+        (summary,) = SUMMARY.finditer(run.log)
+        counts.append((int(summary["computed"]), int(summary["steps"])))
+    (with_control, steps), (without_control, _) = counts
+    assert with_control == steps == 8 and without_control < steps, counts
 
 
 def test_wan22_bypassed_20_step_group_runs_when_enabled(server: ComfyServer, editor: Editor) -> None:
@@ -188,7 +238,7 @@ def test_wan22_bypassed_20_step_group_runs_when_enabled(server: ComfyServer, edi
     prompt = editor.api_prompt()
     samplers = [entry for entry in prompt.values() if entry["class_type"] == "KSamplerAdvanced"]
     assert [entry["inputs"]["steps"] for entry in samplers] == [20, 20]
-    assert {str(node["id"]) for node in bypassed} <= set(prompt)
+    assert {node["path"] for node in bypassed} <= set(prompt)
     run_on_tiny_models(server, prompt, name, bypassed)
 
 

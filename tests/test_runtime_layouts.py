@@ -190,9 +190,7 @@ def _reference_model(variant: str, models: dict[str, Any]) -> Any:
 
 def _with_reference(variant: str, seed: int) -> list:
     conditioning = tm.conditioning(variant, seed=seed)
-    side = 4 if variant == "flux2" else 8  # 16 reference tokens: Flux.2 has 1x1 patches, Qwen-Image 2x2
-    reference = tm.latent(variant, seed=7, size=side)["samples"]
-    conditioning[0][1]["reference_latents"] = [reference]
+    conditioning[0][1]["reference_latents"] = [tm.reference_latent(variant)]
     if variant == "flux2":
         conditioning[0][1]["reference_latents_method"] = "index_timestep_zero"
     return conditioning

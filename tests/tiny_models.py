@@ -452,6 +452,13 @@ def latent(
     return {"samples": torch.randn(shape, generator=_generator(variant, "latent", seed))}
 
 
+def reference_latent(variant: str, seed: int = 7) -> torch.Tensor:
+    """An encoded reference image for edit models: a quarter of the default latent (16 tokens at 2x2 patches)."""
+    spec = _spec(variant)
+    side = (spec.side or (_VIDEO_SIZE if spec.frames is not None else _IMAGE_SIZE)) // 2
+    return latent(variant, seed=seed, size=side)["samples"]
+
+
 def conditioning(
     variant: str, seed: int = 0, length: int = 8, batch: int = 1
 ) -> list[list[Any]]:

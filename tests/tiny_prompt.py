@@ -1,14 +1,16 @@
 """Run an example workflow's API prompt (as the editor produced it) on the tiny test models.
 
 Only what needs real model files changes: the diffusion model loader loads the tiny model of the
-family, text encoders become tiny conditioning, empty-latent and image-to-video nodes give tiny
-latents, and the VAE decode becomes a SaveLatent (there is no tiny VAE), so the image/video
-savers after it go. Our nodes, LoRA and ModelSampling nodes, guidance nodes and the samplers
+family, text encoders become tiny conditioning (edit encoders with one tiny reference latent per
+image), empty-latent, VAE-encode and image-to-video nodes give tiny latents, a ControlNet model
+patch becomes a tiny per-block patch, and the VAE decode becomes a SaveLatent (there is no tiny
+VAE), so the image/video loaders, preprocessors and savers around them go. Our nodes, LoRA and ModelSampling nodes, guidance nodes and the samplers
 with all their settings and links stay exactly as the editor wrote them.
 """
 from __future__ import annotations
 
 import copy
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,19 @@ import workflows_api
 Prompt = dict[str, dict[str, Any]]
 
 TEXT_ENCODERS = {"CLIPTextEncode", "CLIPTextEncodeFlux"}
-EMPTY_LATENTS = {"EmptySD3LatentImage", "EmptyHunyuanLatentVideo", "EmptyLatentImage", "Wan22ImageToVideoLatent"}
+EDIT_ENCODERS = {"TextEncodeQwenImageEditPlus"}  # text plus reference images (image1, image2, ...)
+EMPTY_LATENTS = {
+    "EmptySD3LatentImage", "EmptyHunyuanLatentVideo", "EmptyLatentImage", "Wan22ImageToVideoLatent",
+    "EmptyFlux2LatentImage", "EmptyHunyuanVideo15Latent", "VAEEncode",
+}
+IMAGE_TO_VIDEO = {"WanImageToVideo", "Wan22FunControlToVideo"}  # the control video: in the tiny conditioning
+MODEL_PATCHES = {"QwenImageDiffsynthControlnet"}  # Z-Image's Fun ControlNet: a patch at every block
 DECODERS = {"VAEDecode", "VAEDecodeTiled"}
 DROPPED = {
     "CLIPLoader", "DualCLIPLoader", "VAELoader", "CLIPVisionLoader", "CLIPVisionEncode", "LoadImage",
-    "SaveImage", "PreviewImage", "CreateVideo", "SaveVideo", "SaveAnimatedWEBP",
+    "SaveImage", "PreviewImage", "CreateVideo", "SaveVideo", "SaveAnimatedWEBP", "SaveImageAdvanced",
+    "LoadVideo", "GetVideoComponents", "Canny", "GetImageSize", "ImageScaleToMaxDimension", "FluxKontextImageScale",
+    "ModelPatchLoader", "ResolutionSelector",
 }
 
 
@@ -38,18 +48,22 @@ def tiny(prompt: Prompt, variant: str, prefix: str) -> Prompt:
     out: Prompt = {}
     for node_id, node in copy.deepcopy(prompt).items():
         kind, inputs = node["class_type"], node["inputs"]
+        seed = zlib.crc32(node_id.encode()) % 2**31  # ids inside subgraphs read "outer:inner"
         if kind in DROPPED:
             continue
         if kind == "UNETLoader":
             node = workflows_api.loader(expert_variant(inputs["unet_name"], variant))
-        elif kind in TEXT_ENCODERS:
-            inputs = {"variant": variant, "seed": int(node_id), "length": 8}
+        elif kind in TEXT_ENCODERS | EDIT_ENCODERS:
+            images = sum(name.startswith("image") for name in inputs) if kind in EDIT_ENCODERS else 0
+            inputs = {"variant": variant, "seed": seed, "length": 8, "references": images}
             node = {"class_type": "DiTCacheTest_Conditioning", "inputs": inputs}
         elif kind in EMPTY_LATENTS:
             node = {"class_type": "DiTCacheTest_Latent", "inputs": {"variant": variant, "batch": 1, "size": 0}}
-        elif kind == "WanImageToVideo":
+        elif kind in IMAGE_TO_VIDEO:
             keep = {name: inputs[name] for name in ("positive", "negative")}
             node = {"class_type": "DiTCacheTest_ImageToVideo", "inputs": {**keep, "variant": variant}}
+        elif kind in MODEL_PATCHES:
+            node = {"class_type": "DiTCacheTest_BlockPatch", "inputs": {"model": inputs["model"], "strength": inputs["strength"]}}
         elif kind in DECODERS:
             node = {"class_type": "SaveLatent", "inputs": {"samples": inputs["samples"], "filename_prefix": prefix}}
         out[node_id] = node

@@ -1,11 +1,13 @@
 """Build workflows/*.json from ComfyUI's official templates: our node on the sampler's MODEL link, plus a note.
 
-Each example starts from the template of ComfyUI's `comfyui-workflow-templates-media-*` packages for
-that model (their wiring and the model file names users download; the releases pinned in
-tools/template-sources.txt, which `make` puts in .host/templates, so every host builds the same files)
-and changes only this: one Apply TeaCache / Apply Cache-DiT node is inserted on every link that brings the MODEL into a
-sampler (after LoRA and ModelSampling nodes), the sampler's column moves right to make room, and a
-note with the recommended settings is added. Run it again after a node gains inputs:
+Each example starts from the template of ComfyUI's template packages for that model (their wiring
+and the model file names users download; the releases pinned in tools/template-sources.txt, which
+`make` puts in .host/templates, so every host builds the same files) and changes only this: one
+Apply TeaCache / Apply Cache-DiT node is inserted on every link that brings the MODEL into a sampler
+or guider (after LoRA and ModelSampling nodes; inside the subgraph where the template packs its
+sampler into one), that column moves right to make room, another cache the template carries is taken
+out (ours steps aside from it), and a note with the recommended settings is added. Run it again after
+a node gains inputs:
 
     .venv/bin/python tools/make_workflows.py            # writes workflows/*.json
     .venv/bin/python tools/make_workflows.py --check    # exit 1 if a committed file is stale
@@ -27,10 +29,14 @@ import conftest  # noqa: F401  (the tests' set-up: the host ComfyUI on sys.path,
 import dit_cache
 
 TEACACHE, CACHEDIT = "DiTCache_ApplyTeaCache", "DiTCache_ApplyCacheDiT"
-SAMPLER_MODEL_INPUTS = {"KSampler": "model", "KSamplerAdvanced": "model", "BasicGuider": "model"}
+SAMPLER_MODEL_INPUTS = {
+    "KSampler": "model", "KSamplerAdvanced": "model", "BasicGuider": "model", "CFGGuider": "model",
+}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 MIN_WIDTH, COLUMN_GAP, WIDGET_HEIGHT, TITLE_HEIGHT = 340, 40, 24, 30
 NOTE_SIZE = (520, 300)
+
+Graph = dict[str, Any]  # the workflow itself or one of its subgraphs: nodes, links, groups
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,9 @@ class Example:
     settings: dict[str, Any] = field(default_factory=dict)  # widget values that differ from the node's defaults
     per_sampler: dict[int, dict[str, Any]] = field(default_factory=dict)  # sampler node id -> own settings
     titles: dict[int, str] = field(default_factory=dict)  # sampler node id -> our node's title
+    replaces: str = ""  # the node type of another cache in the template: taken out, its links joined
+    drops: tuple[int, ...] = ()  # template notes about what `replaces` took out
+    needs_033: str = ""  # why the example needs ComfyUI 0.33 (its nodes, its editor); empty: it runs on 0.3.75 too
 
 
 def widget_inputs(node_type: str) -> list[tuple[str, Any]]:
@@ -70,22 +79,99 @@ def load_template(package: str, template: str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _shift_right_of(workflow: dict[str, Any], x0: float, rows: tuple[float, float], width: float) -> None:
-    """Make room at x0 for a new node spanning `rows` (y from, to): nodes there and right of it move right.
+def graphs(workflow: dict[str, Any]) -> list[Graph]:
+    """The workflow's own graph, then each subgraph it defines (their nodes are drawn on their own canvas)."""
+    return [workflow, *workflow.get("definitions", {}).get("subgraphs", [])]
 
-    Nodes above or below that band stay (e.g. the ModelSampling node feeding it); groups in it across x0 widen.
+
+def _new_id(workflow: dict[str, Any], kind: str) -> int:
+    """A node or link id unused in the whole workflow: the editor keeps one counter for all its graphs."""
+    root_key, state_key = f"last_{kind}_id", f"last{kind.title()}Id"
+    states = [graph["state"] for graph in graphs(workflow)[1:]]
+    new = max([workflow[root_key], *(state[state_key] for state in states)]) + 1
+    workflow[root_key] = new
+    for state in states:
+        state[state_key] = new
+    return new
+
+
+class Links:
+    """One graph's links by id; the workflow stores lists [id, from, slot, to, slot, type], subgraphs objects."""
+
+    FIELDS = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.as_lists = "state" not in graph
+
+    def get(self, link_id: int) -> dict[str, Any]:
+        for link in self.graph["links"]:
+            entry = dict(zip(self.FIELDS, link)) if self.as_lists else link
+            if entry["id"] == link_id:
+                return entry
+        raise KeyError(link_id)
+
+    def set(self, link_id: int, **changes: Any) -> None:
+        for index, link in enumerate(self.graph["links"]):
+            if (link[0] if self.as_lists else link["id"]) == link_id:
+                if self.as_lists:
+                    for name, value in changes.items():
+                        link[self.FIELDS.index(name)] = value
+                else:
+                    link.update(changes)
+                return
+        raise KeyError(link_id)
+
+    def add(self, *values: Any) -> None:
+        self.graph["links"].append(list(values) if self.as_lists else dict(zip(self.FIELDS, values)))
+
+    def remove(self, link_id: int) -> None:
+        self.graph["links"] = [
+            link for link in self.graph["links"] if (link[0] if self.as_lists else link["id"]) != link_id
+        ]
+
+
+def _node(graph: Graph, node_id: int) -> dict[str, Any]:
+    return next(node for node in graph["nodes"] if node["id"] == node_id)
+
+
+def _shift_right_of(graph: Graph, new: tuple[float, float, float, float], width: float) -> None:
+    """Make room for a new node at `new` (x0, y0, x1, y1): nodes in its rows from x0 on move right by `width`.
+
+    So do nodes it would cover and nodes a moved one would land on; nodes above or below stay (e.g. the
+    ModelSampling node feeding it). Groups in its rows across x0 widen.
     """
-    for node in workflow["nodes"]:
-        top, bottom = node["pos"][1] - TITLE_HEIGHT, node["pos"][1] + node["size"][1]
-        if node["pos"][0] >= x0 - 1 and top < rows[1] and bottom > rows[0]:
+    x0, rows = new[0], (new[1], new[3])
+    right = [node for node in graph["nodes"] if node["pos"][0] >= x0 - 1 or _overlap(_box(node), new)]
+    moving = [node for node in right if _overlap(_box(node), (x0 - 1, rows[0], float("inf"), rows[1]))]
+    while moving:
+        for node in moving:
             node["pos"][0] += width
-    for group in workflow.get("groups", []):
+        moved = [_box(node) for node in moving]
+        right = [node for node in right if node not in moving]
+        moving = [node for node in right if any(_overlap(_box(node), box) for box in moved)]
+    for group in graph.get("groups", []):
         x, y, w, h = group["bounding"]
         if y < rows[1] and y + h > rows[0]:
             if x >= x0 - 1:
                 group["bounding"][0] += width
             elif x0 < x + w:
                 group["bounding"][2] += width
+    slots = [graph[key]["bounding"] for key in ("inputNode", "outputNode") if key in graph]  # a subgraph's ends
+    for box in slots:
+        x, y, _, h = box
+        if x >= x0 - 1 and y < rows[1] and y + h > rows[0]:
+            box[0] += width
+
+
+def _box(node: dict[str, Any]) -> tuple[float, float, float, float]:
+    """x0, y0, x1, y1 of a node on the canvas, its title bar included."""
+    (x, y), (w, h) = node["pos"], node["size"]
+    return x, y - TITLE_HEIGHT, x + w, y + h
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _model_slot(node: dict[str, Any]) -> int | None:
@@ -96,20 +182,35 @@ def _model_slot(node: dict[str, Any]) -> int | None:
     return None
 
 
-def _insert(workflow: dict[str, Any], sampler: dict[str, Any], node_type: str, values: list[Any], title: str) -> None:
+def _take_out(graph: Graph, node: dict[str, Any]) -> None:
+    """Remove a pass-through MODEL node (another cache), its consumers fed from what fed it."""
+    links = Links(graph)
+    source_link = links.get(node["inputs"][0]["link"])
+    source = _node(graph, source_link["origin_id"])
+    feeds = source["outputs"][source_link["origin_slot"]]["links"]
+    feeds.remove(source_link["id"])
+    links.remove(source_link["id"])
+    for link_id in node["outputs"][0]["links"] or []:
+        links.set(link_id, origin_id=source["id"], origin_slot=source_link["origin_slot"])
+        feeds.append(link_id)
+    graph["nodes"].remove(node)
+
+
+def _insert(
+    workflow: dict[str, Any], graph: Graph, sampler: dict[str, Any], node_type: str, values: list[Any], title: str
+) -> None:
     """Put a new `node_type` node on the link into `sampler`'s MODEL input, in a new column left of it."""
+    links = Links(graph)
     slot = _model_slot(sampler)
     link_id = sampler["inputs"][slot]["link"]
-    link = next(link for link in workflow["links"] if link[0] == link_id)
-    node_id = workflow["last_node_id"] = workflow["last_node_id"] + 1
-    new_link = workflow["last_link_id"] = workflow["last_link_id"] + 1
+    node_id, new_link = _new_id(workflow, "node"), _new_id(workflow, "link")
     x, y = sampler["pos"]
     size = [max(MIN_WIDTH, 9 * len(title) + 60), 50 + WIDGET_HEIGHT * len(values)]  # the whole title shows
-    _shift_right_of(workflow, x, (y - TITLE_HEIGHT, y + size[1]), size[0] + COLUMN_GAP)
-    link[3], link[4] = node_id, 0  # source -> our node
-    workflow["links"].append([new_link, node_id, 0, sampler["id"], slot, "MODEL"])  # our node -> sampler
+    _shift_right_of(graph, (x, y - TITLE_HEIGHT, x + size[0], y + size[1]), size[0] + COLUMN_GAP)
+    links.set(link_id, target_id=node_id, target_slot=0)  # source -> our node
+    links.add(new_link, node_id, 0, sampler["id"], slot, "MODEL")  # our node -> sampler
     sampler["inputs"][slot]["link"] = new_link
-    workflow["nodes"].append({
+    graph["nodes"].append({
         "id": node_id, "type": node_type, "pos": [x, y], "size": size,
         "flags": {}, "order": 0, "mode": sampler["mode"], "title": title,
         "inputs": [{"name": "model", "type": "MODEL", "link": link_id}],
@@ -121,18 +222,22 @@ def _insert(workflow: dict[str, Any], sampler: dict[str, Any], node_type: str, v
 
 def build(example: Example) -> dict[str, Any]:
     workflow = copy.deepcopy(load_template(example.package, example.template))
-    samplers = [node for node in workflow["nodes"] if _model_slot(node) is not None]
     defaults = dict(widget_inputs(example.node))
     unknown = {*example.settings, *(k for s in example.per_sampler.values() for k in s)} - set(defaults)
     if unknown:
         raise ValueError(f"{example.name}: {example.node} has no input(s) {sorted(unknown)}")
-    for sampler in sorted(samplers, key=lambda n: -n["pos"][0]):  # right to left: each column opens once
-        values = {**defaults, **example.settings, **example.per_sampler.get(sampler["id"], {})}
-        title = example.titles.get(sampler["id"], dit_cache.NODE_DISPLAY_NAME_MAPPINGS[example.node])
-        _insert(workflow, sampler, example.node, list(values.values()), title)
+    workflow["nodes"] = [node for node in workflow["nodes"] if node["id"] not in example.drops]
+    for graph in graphs(workflow):
+        for other_cache in [node for node in graph["nodes"] if node["type"] == example.replaces]:
+            _take_out(graph, other_cache)
+        samplers = [node for node in graph["nodes"] if _model_slot(node) is not None]
+        for sampler in sorted(samplers, key=lambda n: -n["pos"][0]):  # right to left: each column opens once
+            values = {**defaults, **example.settings, **example.per_sampler.get(sampler["id"], {})}
+            title = example.titles.get(sampler["id"], dit_cache.NODE_DISPLAY_NAME_MAPPINGS[example.node])
+            _insert(workflow, graph, sampler, example.node, list(values.values()), title)
     left = min(n["pos"][0] for n in workflow["nodes"])
     top = min([n["pos"][1] for n in workflow["nodes"]] + [g["bounding"][1] for g in workflow.get("groups", [])])
-    note_id = workflow["last_node_id"] = workflow["last_node_id"] + 1
+    note_id = _new_id(workflow, "node")
     workflow["nodes"].append({
         "id": note_id, "type": "MarkdownNote", "pos": [left, top - NOTE_SIZE[1] - 60], "size": list(NOTE_SIZE),
         "flags": {}, "order": 0, "mode": 0, "title": "DiT Cache: recommended settings",
@@ -144,6 +249,7 @@ def build(example: Example) -> dict[str, Any]:
 
 _IMAGE, _VIDEO = "comfyui_workflow_templates_media_image", "comfyui_workflow_templates_media_video"
 _OTHER = "comfyui_workflow_templates_media_other"
+_JSON = "comfyui_workflow_templates_json"  # ComfyUI 0.33's templates (0.11.44)
 _README = "\nFull guide: the pack's README (Apply TeaCache / Apply Cache-DiT sections)."
 
 EXAMPLES: tuple[Example, ...] = (
@@ -253,6 +359,104 @@ One node per expert, each with its own settings, as ComfyUI's two-pass KSamplerA
 - `rel_l1_thresh` **0.15** (TeaCache4HunyuanVideo: 0.1 → 1.6x, 0.15 → 2.1x on an A800).
 - The node sits between ModelSamplingSD3 and BasicGuider, where the MODEL enters the sampler.
 - The log ends each run with `TeaCache [hunyuan_video, ...]: computed X/Y steps`.
+{_README}""",
+    ),
+    Example(
+        "flux2_dev_teacache", _JSON, "image_flux2_text_to_image.json", TEACACHE,
+        settings={"rel_l1_thresh": 0.4},
+        needs_033="the template switches its LoRA with ComfySwitchNode, a node 0.3.75 lacks",
+        note=f"""
+## Apply TeaCache on Flux.2 dev
+- The node is **inside the subgraph** "Text to Image (Flux.2 Dev)": open it to change the settings.
+- `model_type` auto picks the `flux2` preset: Flux.1's TeaCache4FLUX coefficients, **borrowed** (no published
+  fit for Flux.2). `rel_l1_thresh` **0.4** is Flux.1's; calibrate your own with the Calibrate TeaCache node.
+- Guidance comes from FluxGuidance (4) and the BasicGuider runs no CFG, so TeaCache stays on.
+- With the 8-step Turbo LoRA enabled few steps are left to skip (the first and last always compute).
+- The log ends each run with `TeaCache [flux, ...]: computed X/Y steps ... (Flux.2 dev)`.
+{_README}""",
+    ),
+    Example(
+        "flux2_klein_cachedit", _JSON, "image_flux2_klein_text_to_image.json", CACHEDIT,
+        needs_033="0.3.75's editor also queues the nodes inside a bypassed subgraph",
+        note=f"""
+## Apply Cache-DiT on Flux.2 Klein 4B
+- The nodes are **inside the subgraphs** (base and distilled): open one to change its settings.
+- The **base** model samples 20 steps at cfg 5 (CFGGuider): Cache-DiT keeps each CFG branch's cache.
+  SGLang's defaults: F1B0, `residual_diff_threshold` 0.24, warm-up 4, at most 3 cached steps in a row.
+  (TeaCache would switch itself off here: on Flux.2 it keeps one cache for both CFG branches.)
+- The **distilled** model (bypassed group, 4 steps, cfg 1): the warm-up of 4 leaves nothing to cache, so
+  every step computes; lower `max_warmup_steps` only if the image still looks right.
+- The log ends each run with `Cache-DiT [flux, ...]: computed X/Y steps ... (Flux.2 Klein 4B)`.
+{_README}""",
+    ),
+    Example(
+        "qwen_image_edit_2511_cachedit", _JSON, "image_qwen_image_edit_2511.json", CACHEDIT,
+        needs_033="ComfySwitchNode, and Qwen-Image-Edit 2511's timestep-zero references",
+        note=f"""
+## Apply Cache-DiT on Qwen-Image-Edit 2511
+- The node is **inside the subgraph** "Image Edit (Qwen-Image 2511)", after CFGNorm, on the KSampler's model.
+- SGLang's defaults: **F1B0, `residual_diff_threshold` 0.24, warm-up 4, at most 3 cached steps in a row**.
+- Works at this template's cfg 3: each CFG branch keeps its own cache. The reference images (timestep
+  zero, 2511's method) are part of every block's input and are never replayed from another image.
+- With the 4-step Lightning LoRA enabled, few steps are left to cache after the warm-up.
+- The log ends each run with `Cache-DiT [qwen_image, ...]: computed X/Y steps ... (Qwen-Image-Edit 2511)`.
+{_README}""",
+    ),
+    Example(
+        "z_image_teacache", _JSON, "image_z_image.json", TEACACHE,
+        settings={"rel_l1_thresh": 0.15},
+        needs_033="ResolutionSelector and SaveImageAdvanced, nodes 0.3.75 lacks",
+        note=f"""
+## Apply TeaCache on Z-Image (base)
+- The node is **inside the subgraph** "Text to Image (Z-Image-Base)", on the KSampler's model.
+- `model_type` auto picks `z_image`: TeaCache4HunyuanVideo's coefficients, **borrowed** as SGLang does
+  (no published fit for Z-Image). `rel_l1_thresh` **0.15** is HunyuanVideo's; calibrate your own with
+  the Calibrate TeaCache node.
+- Works at this template's cfg 4: positive and negative branches keep separate caches.
+- The log ends each run with `TeaCache [z_image, ...]: computed X/Y steps`.
+{_README}""",
+    ),
+    Example(
+        "z_image_turbo_fun_controlnet_cachedit", _JSON, "image_z_image_turbo_fun_union_controlnet.json", CACHEDIT,
+        needs_033="0.3.75's Z-Image runs no per-block patches, so the ControlNet does nothing there",
+        note=f"""
+## Apply Cache-DiT with Z-Image Turbo's Fun Union ControlNet
+- The node is **inside the subgraph**, after the ControlNet (QwenImageDiffsynthControlnet) and
+  ModelSamplingAuraFlow, on the KSampler's model.
+- **While the ControlNet is connected every step computes**: it adds to each block's output at every
+  step, and a cached residual would replay last step's control. The image is exactly the uncached one;
+  the log says `computed 8/8`. Without the ControlNet, SGLang's defaults apply (see `z_image_turbo_cachedit`).
+- The log ends each run with `Cache-DiT [z_image, ...]: computed X/Y steps`.
+{_README}""",
+    ),
+    Example(
+        "hunyuan_video15_teacache", _JSON, "video_hunyuan_video_1.5_720p_t2v.json", TEACACHE,
+        replaces="EasyCache", drops=(121,),
+        note=f"""
+## Apply TeaCache on HunyuanVideo 1.5 (720p T2V)
+- This replaces the template's (bypassed) EasyCache nodes: use one cache, not both. Ours steps aside
+  when EasyCache is also on the model.
+- `model_type` auto picks `hunyuan_video_1.5`: TeaCache4HunyuanVideo's coefficients, **borrowed** (no
+  published fit for 1.5). `rel_l1_thresh` **0.15** is HunyuanVideo's (0.1 → 1.6x, 0.15 → 2.1x on an A800
+  there); calibrate your own with the Calibrate TeaCache node.
+- Works at cfg 6: positive and negative branches keep separate caches.
+- The 1080p upscale group (bypassed) has its own node on each of its two guiders (8 distilled steps, cfg 1).
+- The log ends each run with `TeaCache [hunyuan_video, ...]: computed X/Y steps ... (HunyuanVideo 1.5)`.
+{_README}""",
+    ),
+    Example(
+        "wan22_14b_fun_control_teacache", _JSON, "video_wan2_2_14B_fun_control.json", TEACACHE,
+        titles={96: "Apply TeaCache (high noise)", 169: "Apply TeaCache (high noise)",
+                95: "Apply TeaCache (low noise)", 175: "Apply TeaCache (low noise)"},
+        note=f"""
+## Apply TeaCache on Wan 2.2 14B Fun Control
+One node per expert, each with its own settings, as ComfyUI's two-pass KSamplerAdvanced split runs them.
+- `model_type` auto picks `wan2.1_t2v_14B` (Fun Control shares Wan 2.1 14B's blocks; the coefficients
+  are **borrowed**, not fitted for Fun Control). `rel_l1_thresh` **0.2** is Wan 2.1 T2V 14B's (about 2x).
+- The control video's latent is part of every step's input: each expert keeps its own cache, and its
+  part's first and last step always compute.
+- The active group samples 20 steps (10 per expert) at cfg 3.5. The bypassed **4-step LightX2V** group
+  (2 steps per expert) leaves nothing to skip.
 {_README}""",
     ),
 )

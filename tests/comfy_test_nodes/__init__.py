@@ -65,11 +65,16 @@ class Conditioning:
                 "variant": _variant_input(),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
                 "length": ("INT", {"default": 8, "min": 1, "max": 512, "tooltip": "Text tokens."}),
+                "references": ("INT", {"default": 0, "min": 0, "max": 4,
+                                       "tooltip": "Reference latents, as an edit model's text encoder adds per image."}),
             }
         }
 
-    def build(self, variant: str, seed: int, length: int) -> tuple[list[list[Any]]]:
-        return (tiny_models.conditioning(variant, seed=seed, length=length),)
+    def build(self, variant: str, seed: int, length: int, references: int = 0) -> tuple[list[list[Any]]]:
+        conditioning = tiny_models.conditioning(variant, seed=seed, length=length)
+        if references:  # the same images for every prompt, as both branches of an edit workflow get them
+            conditioning[0][1]["reference_latents"] = [tiny_models.reference_latent(variant, seed=i) for i in range(references)]
+        return (conditioning,)
 
 
 class Latent:
@@ -117,6 +122,29 @@ class ImageToVideo:
 
     def build(self, positive: list[Any], negative: list[Any], variant: str) -> tuple[Any, Any, dict[str, Any]]:
         return positive, negative, tiny_models.latent(variant)
+
+
+class BlockPatch:
+    """Stands in for a ControlNet model patch (Z-Image's Fun ControlNet): adds to the image stream after every block.
+
+    Like the real one it acts through ComfyUI's per-block patches at every step, so a cache must never replay it.
+    """
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"model": ("MODEL",), "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0})}}
+
+    def patch(self, model: Any, strength: float) -> tuple[Any]:
+        def add_control(args: dict[str, Any]) -> dict[str, Any]:
+            return {"img": args["img"] + 1e-3 * strength * (args["block_index"] + 1)}
+
+        patched = model.clone()
+        patched.set_model_patch(add_control, "double_block")
+        return (patched,)
 
 
 def _fixture_input() -> tuple[list[str], dict[str, str]]:
@@ -194,6 +222,7 @@ NODE_CLASS_MAPPINGS = {
     "DiTCacheTest_Conditioning": Conditioning,
     "DiTCacheTest_Latent": Latent,
     "DiTCacheTest_ImageToVideo": ImageToVideo,
+    "DiTCacheTest_BlockPatch": BlockPatch,
     "DiTCacheTest_TrainedModel": TrainedModel,
     "DiTCacheTest_TrainedConditioning": TrainedConditioning,
     "DiTCacheTest_TrainedLatent": TrainedLatent,
@@ -204,6 +233,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DiTCacheTest_Conditioning": "Tiny DiT Conditioning (test)",
     "DiTCacheTest_Latent": "Tiny DiT Latent (test)",
     "DiTCacheTest_ImageToVideo": "Tiny Image to Video (test)",
+    "DiTCacheTest_BlockPatch": "Tiny ControlNet Block Patch (test)",
     "DiTCacheTest_TrainedModel": "Trained Fixture Model (test)",
     "DiTCacheTest_TrainedConditioning": "Trained Fixture Prompt (test)",
     "DiTCacheTest_TrainedLatent": "Trained Fixture Latent (test)",
