@@ -65,9 +65,11 @@ class Conditioning:
                 "variant": _variant_input(),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
                 "length": ("INT", {"default": 8, "min": 1, "max": 512, "tooltip": "Text tokens."}),
+            },
+            "optional": {
                 "references": ("INT", {"default": 0, "min": 0, "max": 4,
                                        "tooltip": "Reference latents, as an edit model's text encoder adds per image."}),
-            }
+            },
         }
 
     def build(self, variant: str, seed: int, length: int, references: int = 0) -> tuple[list[list[Any]]]:
