@@ -82,7 +82,7 @@ def dbcache(fn: int, threshold: float, *, taylorseer_order: int = 0, **settings:
     """DBCache FnB0 with max_continuous_cached_steps 3 (the node's default), optionally with TaylorSeer."""
     curve = f"DBCache F{fn}B0" + (f" + TaylorSeer O{taylorseer_order}" if taylorseer_order else "")
     if taylorseer_order:
-        settings |= {"enable_taylorseer": True, "taylorseer_order": taylorseer_order}
+        settings |= {"calibrator": "taylorseer", "taylorseer_order": taylorseer_order}
     return cachedit(curve, f"threshold {threshold:g}", Fn_compute_blocks=fn, Bn_compute_blocks=0,
                     residual_diff_threshold=threshold, max_continuous_cached_steps=3, **settings)
 

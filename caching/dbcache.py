@@ -3,7 +3,7 @@
 The rule is cache-dit's Dual Block Cache (vipshop/cache-dit), decided here per CFG branch and
 per sampler step so that ComfyUI's glue can run the blocks itself: the first Fn blocks always
 run and their residual is the probe; when it stays close to the one of the last computed step,
-the middle blocks are replaced by their cached residual (or a TaylorSeer extrapolation), and the
+the middle blocks are replaced by their cached residual (or a calibrator's forecast of it), and the
 last Bn blocks run on top. A steps computation mask (SCM) can force or allow caching by step.
 
 Every gate, its order and the recorded statistics follow cache-dit 1.5.x so that a run decides
@@ -16,23 +16,28 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from .calibrators import (
+    CACHE_TYPES,
+    CALIBRATORS,
+    DMD_SVD_PRECISIONS,
+    MAX_DMD_HISTORY,
+    MAX_TAYLORSEER_ORDER,
+    cache_dit_config,
+    import_cache_dit,
+    new_calibrator,
+)
 from .offload import from_cache, to_cache
 from .records import CallRecord, RunSummary
 
 SCM_PRESETS = ("none", "slow", "medium", "fast", "ultra", "custom")
 SCM_POLICIES = ("dynamic", "static")
-TAYLORSEER_CACHE_TYPES = ("residual", "hidden_states")
 SCM_MIN_STEPS = 8
-MAX_TAYLORSEER_ORDER = 4
 
 Streams = tuple[torch.Tensor, torch.Tensor | None]
-
-
-class CacheDitNotInstalledError(ImportError):
-    """SCM step masks are computed by cache-dit itself, which is an optional dependency."""
 
 
 def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
@@ -67,8 +72,9 @@ class DBCacheConfig:
         max_cached_steps: cap on cached steps per run (-1: none).
         max_continuous_cached_steps: cap on cached steps in a row (-1: none).
         max_accumulated_residual_diff_threshold: stop caching once the summed diffs reach it.
-        enable_taylorseer / taylorseer_order / taylorseer_cache_type: extrapolate the middle
-            blocks' residual (or output hidden states) by a Taylor expansion instead of reusing it.
+        calibrator: forecast the middle blocks' residual (or output hidden states, by
+            calibrator_cache_type) with cache-dit's TaylorSeer, FoCa or DMD instead of reusing it;
+            taylorseer_order and dmd_* are their options, under cache-dit's names.
         scm_preset / scm_compute_bins / scm_cache_bins / scm_policy: steps computation mask;
             "dynamic" lets DBCache decide on mask cache steps, "static" always caches there.
         offload_device: where cached tensors live ("cpu" keeps them off the GPU); None = main device.
@@ -82,9 +88,12 @@ class DBCacheConfig:
     max_cached_steps: int = -1
     max_continuous_cached_steps: int = 3
     max_accumulated_residual_diff_threshold: float | None = None
-    enable_taylorseer: bool = False
+    calibrator: str = "none"
+    calibrator_cache_type: str = "residual"
     taylorseer_order: int = 1
-    taylorseer_cache_type: str = "residual"
+    dmd_history: int = 6
+    dmd_rank: int = 0
+    dmd_svd_precision: str = "medium"
     scm_preset: str = "none"
     scm_compute_bins: tuple[int, ...] = ()
     scm_cache_bins: tuple[int, ...] = ()
@@ -108,10 +117,12 @@ class DBCacheConfig:
             raise ValueError(
                 f"max_accumulated_residual_diff_threshold must be None (no limit) or a finite number > 0, got {limit!r}"
             )
-        if self.enable_taylorseer is not True and self.enable_taylorseer is not False:
-            raise ValueError(f"enable_taylorseer must be True or False, got {self.enable_taylorseer!r}")
+        _check_choice("calibrator", self.calibrator, CALIBRATORS)
+        _check_choice("calibrator_cache_type", self.calibrator_cache_type, CACHE_TYPES)
         _check_int("taylorseer_order", self.taylorseer_order, 1, MAX_TAYLORSEER_ORDER)
-        _check_choice("taylorseer_cache_type", self.taylorseer_cache_type, TAYLORSEER_CACHE_TYPES)
+        _check_int("dmd_history", self.dmd_history, 2, MAX_DMD_HISTORY)
+        _check_int("dmd_rank", self.dmd_rank, 0, MAX_DMD_HISTORY)
+        _check_choice("dmd_svd_precision", self.dmd_svd_precision, DMD_SVD_PRECISIONS)
         _check_choice("scm_preset", self.scm_preset, SCM_PRESETS)
         _check_choice("scm_policy", self.scm_policy, SCM_POLICIES)
         for name in ("scm_compute_bins", "scm_cache_bins"):
@@ -131,7 +142,16 @@ class DBCacheConfig:
     @property
     def caches_residual(self) -> bool:
         """Whether the middle blocks' residual is cached (else their output hidden states)."""
-        return not (self.enable_taylorseer and self.taylorseer_cache_type == "hidden_states")
+        return self.calibrator == "none" or self.calibrator_cache_type == "residual"
+
+    def calibrator_config(self) -> Any:
+        """cache-dit's config of the calibrator (None without one): what each stream's calibrator is built from."""
+        if self.calibrator == "none":
+            return None
+        return cache_dit_config(
+            self.calibrator, self.calibrator_cache_type, self.taylorseer_order,
+            self.dmd_history, self.dmd_rank, self.dmd_svd_precision,
+        )
 
     def tag(self) -> str:
         """Short tag for logs in cache-dit's strify style, e.g. DBCache_F1B0_W4I1M0MC3_R0.24."""
@@ -143,8 +163,8 @@ class DBCacheConfig:
         )
         if self.scm_preset != "none":
             text += f"_SCM{self.scm_preset}_{self.scm_policy}"
-        if self.enable_taylorseer:
-            text += f"_T1O{self.taylorseer_order}"
+        if self.calibrator != "none":
+            text += f"_{self.calibrator_config().strify()}"  # cache-dit's own: T1O2, FoCa, DMDH6
         return text
 
     def steps_mask(self, total_steps: int) -> list[int] | None:
@@ -165,13 +185,7 @@ class DBCacheConfig:
         _check_int("total_steps", total_steps, 1)
         if self.scm_preset == "none" or total_steps < SCM_MIN_STEPS:
             return None
-        try:
-            from cache_dit import steps_mask
-        except ImportError as error:
-            raise CacheDitNotInstalledError(
-                "DBCache's steps computation mask (scm_preset) comes from cache-dit, which is not "
-                "installed: pip install cache-dit, or set scm_preset to 'none'"
-            ) from error
+        steps_mask = import_cache_dit("DBCache's steps computation mask (scm_preset)", "set scm_preset to 'none'").steps_mask
         if self.scm_preset != "custom":
             return list(steps_mask(total_steps=total_steps, mask_policy=self.scm_preset))
         covered = sum(self.scm_compute_bins) + sum(self.scm_cache_bins)
@@ -197,54 +211,6 @@ def residual_diff_tensor(previous: torch.Tensor, current: torch.Tensor) -> torch
 def residual_diff(previous: torch.Tensor, current: torch.Tensor) -> float:
     """`residual_diff_tensor` as a number: what DBCache's gate compares with its threshold."""
     return residual_diff_tensor(previous, current).item()
-
-
-class TaylorSeer:
-    """Taylor extrapolation of one stream over sampler steps, as cache-dit's TaylorSeer calibrator.
-
-    On each computed step the stored value and its finite differences, each divided by the number
-    of steps since the previous computed step, form a ladder; a cached step k steps later reads
-    sum(ladder[i] * k**i / i!).
-    """
-
-    def __init__(self, order: int, step: int):
-        self.order = order
-        self.origin = step
-        self.ladder: list[torch.Tensor] = []
-        self.step = step
-        # The ladder and step before the latest update, for a second update in the same step.
-        self._before: tuple[list[torch.Tensor], int] = ([], step)
-
-    def update(self, step: int, value: torch.Tensor) -> None:
-        """Take a computed value; a second update in the same step replaces the first."""
-        if self.ladder and value.shape != self.ladder[0].shape:
-            # cache-dit restarts the expansion when the shape changes.
-            self.origin = step
-            previous, previous_step = [], step
-        elif self.ladder and step == self.step:
-            previous, previous_step = self._before
-        else:
-            previous, previous_step = self.ladder, self.step
-        ladder = [value]
-        # Quirk mirrored from cache-dit: its state is created at the first update with its step
-        # counter at -1 and takes differences only once that counter exceeds 1, i.e. from the
-        # third step after the (re)start on; earlier updates keep the value alone. So with a
-        # first update at step 0, a first-order term exists from step 3, a second-order from 4.
-        if step - self.origin > 2:
-            window = step - previous_step
-            for i in range(min(self.order, len(previous))):
-                ladder.append((ladder[i] - previous[i]) / window)
-        self._before = (previous, previous_step)
-        self.ladder = ladder
-        self.step = step
-
-    def approximate(self, step: int) -> torch.Tensor:
-        """The expansion evaluated at this step (the stored value itself on the update's own step)."""
-        elapsed = step - self.step
-        result = self.ladder[0]
-        for i in range(1, len(self.ladder)):
-            result = result + (1.0 / math.factorial(i)) * self.ladder[i] * elapsed**i
-        return result
 
 
 class DBCacheBranch:
@@ -274,7 +240,8 @@ class DBCacheBranch:
         self._step = -1
         self._fn_residual: torch.Tensor | None = None
         self._stored: list[torch.Tensor | None] = [None, None]  # image stream, encoder stream
-        self._seers: list[TaylorSeer | None] = [None, None]
+        self._calibrator_config = config.calibrator_config()
+        self._calibrators: list[Any] = [None, None]  # one cache-dit calibrator per stream, from its first store
 
     def _warmup_limit(self) -> int:
         # cache-dit truncates the warmup to the mask's leading run of compute steps.
@@ -284,10 +251,14 @@ class DBCacheBranch:
         return min(self.config.max_warmup_steps, leading)
 
     def _enter(self, step: int) -> None:
+        """A transformer call of this branch begins: its calibrators count it, as cache-dit counts calls."""
         _check_int("step", step, 0)
         if step < self._step:
             raise ValueError(f"step must not go back within a run: got {step} after {self._step}")
         self._step = step
+        for calibrator in self._calibrators:
+            if calibrator is not None:
+                calibrator.mark_step_begin()
 
     def _record(self, step: int, diff: float) -> None:
         # The first diff of a step is kept; only positive ones add up (-1 / -2 mark special cases).
@@ -360,12 +331,12 @@ class DBCacheBranch:
             if value is None:
                 continue
             value = to_cache(value, device)
-            if not self.config.enable_taylorseer:
+            if self._calibrator_config is None:
                 self._stored[i] = value
                 continue
-            if self._seers[i] is None:
-                self._seers[i] = TaylorSeer(self.config.taylorseer_order, step)
-            self._seers[i].update(step, value)
+            if self._calibrators[i] is None:
+                self._calibrators[i] = new_calibrator(self._calibrator_config)
+            self._calibrators[i].update(value)
 
     def approximate(self, step: int, middle_in: Streams) -> Streams:
         """The middle blocks' output on a cached step, per stream, from what store() kept."""
@@ -374,8 +345,8 @@ class DBCacheBranch:
             if value is None:
                 result.append(None)
                 continue
-            seer = self._seers[i]
-            cached = seer.approximate(step) if seer is not None else self._stored[i]
+            calibrator = self._calibrators[i]
+            cached = calibrator.approximate() if calibrator is not None else self._stored[i]
             if cached is not None:
                 cached = from_cache(cached, value)
                 result.append(value + cached if self.config.caches_residual else cached)

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .dbcache import MAX_TAYLORSEER_ORDER, SCM_POLICIES, SCM_PRESETS, TAYLORSEER_CACHE_TYPES, DBCacheConfig
+from .calibrators import CACHE_TYPES, CALIBRATORS, DMD_SVD_PRECISIONS, MAX_DMD_HISTORY, MAX_TAYLORSEER_ORDER
+from .dbcache import SCM_POLICIES, SCM_PRESETS, DBCacheConfig
 from .offload import CACHE_DEVICES, offload_device
 from .teacache import TeaCacheConfig
 from .teacache_presets import MODEL_TYPES, PRESETS, TeaCachePreset, parse_coefficients
@@ -32,6 +33,8 @@ class Input:
         choices: a combo's options; `calibrated` also accepts a calibrated preset 'user:<name>'
             (the node lists those on disk, and loading one names a missing or malformed file).
         parse: checks a STRING input and turns it into what the config takes.
+        aliases: (old value, choice) pairs a combo still takes from workflows saved before it replaced
+            another widget in its place (the editor stores widget values by position).
         optional / advanced: where the editor shows it (ComfyUI's optional and advanced flags).
     """
 
@@ -45,12 +48,14 @@ class Input:
     choices: tuple[str, ...] = ()
     calibrated: bool = False
     parse: Callable[[str], Any] | None = None
+    aliases: tuple[tuple[Value, str], ...] = ()
     optional: bool = False
     advanced: bool = False
 
     def check(self, value: object) -> Any:
         """The value as the config takes it; the ValueError or TypeError names the input and what it allows."""
         if self.choices:
+            value = next((new for old, new in self.aliases if value is old), value)
             if value in self.choices or (self.calibrated and isinstance(value, str) and value.startswith(PREFIX)):
                 return value
             extra = f" or a calibrated preset '{PREFIX}<name>'" if self.calibrated else ""
@@ -210,18 +215,22 @@ CACHEDIT: tuple[Input, ...] = (
         "At most this many cached steps in a row (default 3, as SGLang; -1: no cap).",
     ),
     Input(
-        "enable_taylorseer",
-        _default(DBCacheConfig, "enable_taylorseer"),
-        "Extrapolate the skipped residual with a Taylor series instead of reusing it as is (default off: it can "
-        "hurt few-step distilled models). Best with Bn = 0.",
+        "calibrator",
+        _default(DBCacheConfig, "calibrator"),
+        "Forecast the skipped blocks' residual instead of reusing the last computed one (cache-dit's calibrators): "
+        "taylorseer (Taylor series from the last computed step), foca (BDF2 predictor + Heun corrector, "
+        "recursive over cached steps), dmd (exponential fit of the recent computed steps). Default none: "
+        "forecasts can hurt few-step distilled models. Best with Bn = 0. Replaces enable_taylorseer (on = taylorseer).",
+        choices=CALIBRATORS,
+        aliases=((True, "taylorseer"), (False, "none")),  # enable_taylorseer's values, saved in this place
     ),
-    _int("taylorseer_order", 1, MAX_TAYLORSEER_ORDER, "Taylor series order (default 1)."),
+    _int("taylorseer_order", 1, MAX_TAYLORSEER_ORDER, "taylorseer: Taylor series order (default 1)."),
     Input(
-        "taylorseer_cache_type",
-        _default(DBCacheConfig, "taylorseer_cache_type"),
-        "What TaylorSeer extrapolates: the middle blocks' residual or their output hidden states (default "
-        "residual).",
-        choices=TAYLORSEER_CACHE_TYPES,
+        "calibrator_cache_type",
+        _default(DBCacheConfig, "calibrator_cache_type"),
+        "What the calibrator forecasts: the middle blocks' residual or their output hidden states (default "
+        "residual). Was taylorseer_cache_type.",
+        choices=CACHE_TYPES,
     ),
     Input(
         "scm_preset",
@@ -274,6 +283,33 @@ CACHEDIT: tuple[Input, ...] = (
         optional=True,
     ),
     _cache_device("costs copies every step", optional=True),
+    Input(
+        "dmd_history",
+        _default(DBCacheConfig, "dmd_history"),
+        "dmd: computed steps kept for the fit (default 6, cache-dit's; at least 4 evenly spaced ones are needed, "
+        "else it falls back to TaylorSeer order 1).",
+        low=2,
+        high=MAX_DMD_HISTORY,
+        optional=True,
+        advanced=True,
+    ),
+    Input(
+        "dmd_rank",
+        _default(DBCacheConfig, "dmd_rank"),
+        "dmd: modes kept by the SVD (0 = automatic, cache-dit's default).",
+        low=0,
+        high=MAX_DMD_HISTORY,
+        optional=True,
+        advanced=True,
+    ),
+    Input(
+        "dmd_svd_precision",
+        _default(DBCacheConfig, "dmd_svd_precision"),
+        "dmd: low = randomised SVD (fastest), medium = default SVD, high = the most exact driver.",
+        choices=DMD_SVD_PRECISIONS,
+        optional=True,
+        advanced=True,
+    ),
 )
 
 CALIBRATION: tuple[Input, ...] = (

@@ -1,8 +1,8 @@
-"""Apply Cache-DiT (DBCache, TaylorSeer, SCM) to a ComfyUI MODEL.
+"""Apply Cache-DiT (DBCache, a calibrator, SCM) to a ComfyUI MODEL.
 
 The block stack splits into the first Fn blocks (always computed; their residual is the
-similarity probe), the middle blocks (skipped on cached steps: their cached residual, or
-TaylorSeer's extrapolation of it, stands in) and the last Bn blocks (always computed, on
+similarity probe), the middle blocks (skipped on cached steps: their cached residual, or a
+calibrator's forecast of it, stands in) and the last Bn blocks (always computed, on
 the approximated state). The decisions are `caching.dbcache`'s, one state per CFG branch.
 """
 
@@ -69,10 +69,10 @@ class CacheDiTSampling(SamplingRun):
         self.middle_end = self.blocks - 1 - self.config.Bn_compute_blocks  # last middle position
         keys = patch.family.block_keys(diffusion_model)
         text_kinds = patch.family.text_stream_kinds
-        # e.g. Flux with the middle from a double block into the single ones (txt, img -> joint)
-        self.crosses_streams = (
-            keys[self.config.Fn_compute_blocks][0] in text_kinds and keys[self.middle_end][0] not in text_kinds
-        )
+        # The middle ends in a joint stage (Flux's, HunyuanVideo's single blocks: text and image in one
+        # sequence). Its image and text parts are cached as two streams, as cache-dit keeps them: a calibrator
+        # that is not elementwise (DMD) forecasts each on its own.
+        self.ends_joint = self.joint_position is not None and keys[self.middle_end][0] not in text_kinds
         self.run = DBCacheRun(self.config, schedule.total_steps)
 
     @eager_frame
@@ -125,8 +125,10 @@ class CacheDiTSampling(SamplingRun):
         call = self.call
         in_img, in_txt = call.middle_input
         out_img, out_txt = self._streams(kind, out)
-        if self.crosses_streams:  # the middle ran from two streams into the joint one
-            in_img, in_txt = self.joint(in_img, in_txt), None
+        if self.ends_joint:
+            out_img, out_txt = self.split(out_img)
+            if in_txt is None:  # the middle began in the joint stage too
+                in_img, in_txt = self.split(in_img)
         residual_img = out_img - in_img
         residual_txt = out_txt - in_txt if out_txt is not None else None
         if not self.config.caches_residual:  # kept as is: a later block may update it in place
@@ -143,13 +145,14 @@ class CacheDiTSampling(SamplingRun):
         """
         call = self.call
         img, txt = self._streams(kind, args)
-        joint = self.crosses_streams
-        streams = (self.joint(img, txt), None) if joint else (img, txt)
-        new_img, new_txt = self.run.approximate(call.keys, call.step, streams)
+        joint_input = self.ends_joint and txt is None  # the middle begins in the joint stage
+        if joint_input:
+            img, txt = self.split(img)
+        new_img, new_txt = self.run.approximate(call.keys, call.step, (img, txt))
         new_img = new_img.to(img.dtype)
         new_txt = new_txt.to(txt.dtype) if new_txt is not None else None
-        if joint:
-            new_img, new_txt = self.split(new_img)
+        if joint_input:
+            new_img, new_txt = self.joint(new_img, new_txt), None
         out = identity(args)
         out["img"] = new_img
         if new_txt is not None:

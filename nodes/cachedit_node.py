@@ -1,4 +1,4 @@
-"""Apply Cache-DiT (DBCache / TaylorSeer / SCM): check the inputs, build the config, patch a clone."""
+"""Apply Cache-DiT (DBCache / calibrators / SCM): check the inputs, build the config, patch a clone."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ class ApplyCacheDiT(io.ComfyNode):
             description=(
                 "Cache-DiT at block level: always runs the first Fn and last Bn transformer blocks and skips the "
                 "middle ones while the Fn blocks' residual barely changes between steps (DBCache), optionally "
-                "extrapolating the skipped residual by a Taylor series (TaylorSeer) and following a step "
-                "computation mask (SCM). Separate state per CFG branch. Supports " + supported() + "; other "
+                "forecasting the skipped residual with one of cache-dit's calibrators (TaylorSeer, FoCa, DMD) and "
+                "following a step computation mask (SCM). Separate state per CFG branch. Supports " + supported() + "; other "
                 "models pass through unchanged. Defaults as SGLang's cache-dit integration."
             ),
             inputs=[

@@ -80,7 +80,7 @@ FIXTURES = (
         EASYCACHE,
         Setting("Apply TeaCache", "auto preset, rel_l1_thresh 0.12", wf.TeaCache(rel_l1_thresh=0.12)),
         Setting("Apply Cache-DiT", "F1B0, TaylorSeer order 1, threshold 0.32",
-                wf.CacheDiT({"residual_diff_threshold": 0.32, "enable_taylorseer": True})),
+                wf.CacheDiT({"residual_diff_threshold": 0.32, "calibrator": "taylorseer"})),
     )),
 )
 UNCACHED = Setting("uncached", "", None)

@@ -20,7 +20,7 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # README's "Settings the data supports", Flux at cfg 1: DBCache F1B0 + TaylorSeer order 2 at 0.24 (2x fewer blocks).
 FLUX_CACHEDIT = {
     "Fn_compute_blocks": 1, "Bn_compute_blocks": 0, "residual_diff_threshold": 0.24,
-    "enable_taylorseer": True, "taylorseer_order": 2,
+    "calibrator": "taylorseer", "taylorseer_order": 2,
 }
 FLUX_STEPS = 28
 NOTE = """## The trained Flux fixture, cached

@@ -113,6 +113,62 @@ def test_cached_step_output_is_the_fn_output_plus_the_cached_middle_residual(mod
             assert torch.equal(image_out, fn_out[call] + residual)
 
 
+def cache_dit_calibrator(name: str) -> Any:
+    """cache-dit's own calibrator, built from its own config: the reference our forecasts must equal."""
+    import cache_dit
+    from cache_dit.caching.cache_contexts.calibrators import Calibrator
+
+    config = {"taylorseer": cache_dit.TaylorSeerCalibratorConfig, "foca": cache_dit.FoCaCalibratorConfig,
+              "dmd": cache_dit.DMDCalibratorConfig}[name]()
+    return Calibrator(config)
+
+
+@pytest.mark.parametrize(
+    ("variant", "cfg", "calibrator"),
+    # DMD fits the whole cached tensor, which on Flux is the joint text + image sequence after its single blocks:
+    # the image tokens alone do not give its forecast. Flux's DMD is checked against cache-dit end to end instead
+    # (test_cachedit_vs_cache_dit.py); TaylorSeer and FoCa work per element.
+    [("flux", 1.0, "taylorseer"), ("flux", 1.0, "foca"),
+     ("wan21_t2v", 3.0, "taylorseer"), ("wan21_t2v", 3.0, "foca"), ("wan21_t2v", 3.0, "dmd")],
+)
+def test_cached_step_output_is_the_fn_output_plus_the_calibrators_forecast(models, variant, cfg, calibrator) -> None:
+    """On a cached call, stack output = block-0 output + what cache-dit's calibrator forecasts from the middle
+    residuals of the branch's computed calls, one calibrator per CFG branch, advanced once per call (Wan: the
+    two branches in separate calls). Every run starts afresh: a second run on the same MODEL gives the same."""
+    model = models[variant]
+    dm = model.model.diffusion_model
+    steps = 16  # warm-up 4, then cached and computed in turn: DMD gets the 4 evenly spaced steps it fits on
+    patched = cachedit(model, Fn_compute_blocks=1, residual_diff_threshold=1.0, max_warmup_steps=4,
+                       max_continuous_cached_steps=1, calibrator=calibrator)
+    fn_out: list[torch.Tensor] = []
+    stack_out: list[torch.Tensor] = []
+    layout = LAYOUTS[tm.family(variant)]
+    index = layout.first_block_image
+    first = blocks(model, variant)[0]
+    handles = [
+        first.register_forward_hook(lambda m, a, out: fn_out.append((out if index is None else out[index]).clone())),
+        getattr(dm, layout.stack_out[0]).register_forward_pre_hook(lambda m, a: stack_out.append(a[0].clone())),
+    ]
+    try:
+        result = sample(patched, variant, steps=steps, cfg=cfg, lengths=tm.SPLIT_LENGTHS)
+        records = last_run(patched).records
+        again = sample(patched, variant, steps=steps, cfg=cfg, lengths=tm.SPLIT_LENGTHS)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.equal(again, result)
+    references: dict[Any, Any] = {}
+    for call, record in enumerate(records):
+        (branch,) = record.branches
+        reference = references.setdefault(branch, cache_dit_calibrator(calibrator))
+        reference.mark_step_begin()
+        if record.computed:
+            reference.update(stack_out[call] - fn_out[call])
+        else:
+            assert torch.equal(stack_out[call], fn_out[call] + reference.approximate()), call
+    assert len(references) == (2 if cfg > 1 else 1) and sum(not r.computed for r in records) >= 5
+
+
 @pytest.mark.parametrize(("preset", "steps"), [("medium", 28), ("fast", 20)])
 def test_scm_static_computes_exactly_the_masks_compute_steps(models, preset, steps) -> None:
     import cache_dit
@@ -156,8 +212,8 @@ def test_taylorseer_hidden_states_with_bn_blocks_that_update_in_place(models) ->
     """
     model = models["flux"]
     patched = cachedit(model, Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=1.0,
-                       max_warmup_steps=3, max_continuous_cached_steps=-1, enable_taylorseer=True,
-                       taylorseer_cache_type="hidden_states")
+                       max_warmup_steps=3, max_continuous_cached_steps=-1, calibrator="taylorseer",
+                       calibrator_cache_type="hidden_states")
     bn_inputs: list[torch.Tensor] = []
     bn_block = model.model.diffusion_model.single_blocks[-1]
     handle = bn_block.register_forward_pre_hook(lambda m, a: bn_inputs.append(a[0].clone()))

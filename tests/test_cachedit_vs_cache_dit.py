@@ -25,7 +25,7 @@ of the magnitude) leaves >= 4x margin; caching moves the final latent by 2.5e-3 
 magnitude (asserted > 50 x ``OUTPUT_TOL`` per case), so a step decided or approximated
 differently cannot pass. ``DIFF_RTOL`` is 1e-4. Every measured diff must also sit clearly away
 from the threshold (``THRESHOLD_MARGIN``; the closest is 0.5% away, 400x the diffs' agreement),
-so the decisions do not hinge on rounding.
+so the decisions do not hinge on rounding. DMD's cases allow ten times ``OUTPUT_TOL`` (see ``CASES``).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from runs import last_run
 cache_dit = pytest.importorskip("cache_dit")
 diffusers = pytest.importorskip("diffusers")
 from cache_dit import DBCacheConfig as CacheDitConfig
-from cache_dit import TaylorSeerCalibratorConfig
+from cache_dit import DMDCalibratorConfig, FoCaCalibratorConfig, TaylorSeerCalibratorConfig
 from cache_dit.envs import ENV as CACHE_DIT_ENV
 
 OUTPUT_TOL = 2e-5  # of the tensor's max magnitude; see the module docstring
@@ -333,10 +333,10 @@ def sample_diffusers(
     return setup.model.model.process_latent_out(x), outputs
 
 
-def close(a: torch.Tensor, b: torch.Tensor) -> tuple[bool, float]:
-    """Whether a and b agree within OUTPUT_TOL of their magnitude; also the max abs difference."""
+def close(a: torch.Tensor, b: torch.Tensor, tolerance: float = OUTPUT_TOL) -> tuple[bool, float]:
+    """Whether a and b agree within `tolerance` of their magnitude; also the max abs difference."""
     error = (a - b).abs().max().item()
-    return error <= OUTPUT_TOL * max(b.abs().max().item(), 1.0), error
+    return error <= tolerance * max(b.abs().max().item(), 1.0), error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,7 +355,8 @@ class Case:
     interval: int = 1
     max_cached: int = -1
     max_continuous: int = -1
-    taylorseer: tuple[int, str] | None = None  # (order, cache type)
+    calibrator: tuple[str, int, str] | None = None  # (calibrator, taylorseer_order, calibrator_cache_type)
+    tolerance: float = OUTPUT_TOL
     scm: tuple[str, str] = ("none", "dynamic")  # (preset, policy)
 
     @property
@@ -366,9 +367,10 @@ class Case:
         return {
             "Fn_compute_blocks": self.Fn, "Bn_compute_blocks": self.Bn, "residual_diff_threshold": self.threshold,
             "max_warmup_steps": self.warmup, "warmup_interval": self.interval, "max_cached_steps": self.max_cached,
-            "max_continuous_cached_steps": self.max_continuous, "enable_taylorseer": self.taylorseer is not None,
-            "taylorseer_order": self.taylorseer[0] if self.taylorseer else 1,
-            "taylorseer_cache_type": self.taylorseer[1] if self.taylorseer else "residual",
+            "max_continuous_cached_steps": self.max_continuous,
+            "calibrator": self.calibrator[0] if self.calibrator else "none",
+            "taylorseer_order": self.calibrator[1] if self.calibrator else 1,
+            "calibrator_cache_type": self.calibrator[2] if self.calibrator else "residual",
             "scm_preset": self.scm[0], "scm_policy": self.scm[1],
         }
 
@@ -385,9 +387,13 @@ class Case:
             num_inference_steps=self.steps, steps_computation_mask=mask, steps_computation_policy=self.scm[1],
         )
         calibrator = None
-        if self.taylorseer is not None:
-            calibrator = TaylorSeerCalibratorConfig(taylorseer_order=self.taylorseer[0],
-                                                    calibrator_cache_type=self.taylorseer[1])
+        if self.calibrator is not None:
+            name, order, kind = self.calibrator
+            calibrator = {
+                "taylorseer": lambda: TaylorSeerCalibratorConfig(taylorseer_order=order, calibrator_cache_type=kind),
+                "foca": lambda: FoCaCalibratorConfig(calibrator_cache_type=kind),
+                "dmd": lambda: DMDCalibratorConfig(calibrator_cache_type=kind),
+            }[name]()
         cache_dit.enable_cache(transformer, cache_config=config, calibrator_config=calibrator)
 
 
@@ -400,16 +406,28 @@ CASES = [
     # warmup steps 0, 2, 4 only, and at most 6 cached steps.
     Case("flux", "F1B1_R0.12_W6I2_M6_MC3", 20, Fn=1, Bn=1, threshold=0.12, warmup=6, interval=2,
          max_cached=6, max_continuous=3),
-    Case("flux", "F1B0_R0.12_TaylorSeer1", 28, Fn=1, Bn=0, threshold=0.12, taylorseer=(1, "residual")),
-    Case("flux", "F1B0_R0.12_TaylorSeer2", 28, Fn=1, Bn=0, threshold=0.12, taylorseer=(2, "residual")),
+    Case("flux", "F1B0_R0.12_TaylorSeer1", 28, Fn=1, Bn=0, threshold=0.12, calibrator=("taylorseer", 1, "residual")),
+    Case("flux", "F1B0_R0.12_TaylorSeer2", 28, Fn=1, Bn=0, threshold=0.12, calibrator=("taylorseer", 2, "residual")),
+    Case("flux", "F1B0_R0.12_FoCa", 28, Fn=1, Bn=0, threshold=0.12, calibrator=("foca", 1, "residual")),
+    Case("flux", "F1B0_R0.2_MC5_FoCa_hidden", 28, Fn=1, Bn=0, threshold=0.2, max_continuous=5,
+         calibrator=("foca", 1, "hidden_states")),
+    # DMD's fit (an SVD of the last 6 computed steps, keeping modes down to 1e-4 of the largest) amplifies the
+    # two implementations' float32 rounding differences past OUTPUT_TOL on cached steps; at ten times it, the
+    # effect of caching is still asserted to be 50 times larger.
+    Case("flux", "F1B0_R0.12_DMD", 28, Fn=1, Bn=0, threshold=0.12, calibrator=("dmd", 1, "residual"),
+         tolerance=10 * OUTPUT_TOL),
     Case("flux", "F1B0_R0.2_MC3_TaylorSeer2_hidden", 28, Fn=1, Bn=0, threshold=0.2, max_continuous=3,
-         taylorseer=(2, "hidden_states")),
+         calibrator=("taylorseer", 2, "hidden_states")),
     Case("flux", "F1B0_SCM_medium_static", 28, Fn=1, Bn=0, threshold=0.12, scm=("medium", "static")),
     Case("flux", "F1B0_R0.08_SCM_fast_dynamic", 28, Fn=1, Bn=0, threshold=0.08, scm=("fast", "dynamic")),
     Case("wan", "F1B0_R0.05_W4_MC3", 28, Fn=1, Bn=0, threshold=0.05, max_continuous=3),
     Case("wan", "F2B1_R0.2_W4_MC3", 28, Fn=2, Bn=1, threshold=0.2, max_continuous=3),
     Case("wan", "F1B0_R0.05_MC3_TaylorSeer2", 28, Fn=1, Bn=0, threshold=0.05, max_continuous=3,
-         taylorseer=(2, "residual")),
+         calibrator=("taylorseer", 2, "residual")),
+    Case("wan", "F1B0_R0.05_MC3_FoCa", 28, Fn=1, Bn=0, threshold=0.05, max_continuous=3,
+         calibrator=("foca", 1, "residual")),
+    Case("wan", "F1B0_R0.05_MC3_DMD", 28, Fn=1, Bn=0, threshold=0.05, max_continuous=3,
+         calibrator=("dmd", 1, "residual")),
     Case("wan", "F1B0_SCM_medium_static", 28, Fn=1, Bn=0, threshold=0.05, scm=("medium", "static")),
 ]
 
@@ -475,12 +493,12 @@ def test_same_decisions_and_outputs_as_cache_dit(setups, case: Case) -> None:
     # the same outputs at every step, and the same result
     assert len(outputs) == len(expected_outputs) == case.steps
     for step, (ours, theirs) in enumerate(zip(outputs, expected_outputs)):
-        ok, error = close(ours, theirs)
+        ok, error = close(ours, theirs, case.tolerance)
         assert ok, f"step {step} ({'cached' if step in their_cached else 'computed'}): outputs differ by {error:.3g}"
-    ok, error = close(latent, expected)
+    ok, error = close(latent, expected, case.tolerance)
     assert ok, f"final latents differ by {error:.3g}"
 
     # and caching did change the result, by far more than the tolerance
     uncached, _ = sample_comfy(setup, setup.model, case.steps)
     effect = (latent - uncached).abs().max().item()
-    assert effect > 50 * OUTPUT_TOL * latent.abs().max().item(), f"caching changed the latent by only {effect:.3g}"
+    assert effect > 50 * case.tolerance * latent.abs().max().item(), f"caching changed the latent by only {effect:.3g}"

@@ -19,7 +19,7 @@ from typing import Any
 import comfyui_version
 import pytest
 import tiny_prompt
-from comfy_server import PACK_DIR_NAME, ROOT, ComfyServer, import_tiny_models
+from comfy_server import PACK_DIR_NAME, ROOT, ComfyServer, PromptRun, import_tiny_models
 from editor import OUR_PREFIX, Editor, open_editor
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -183,7 +183,9 @@ def test_example_opens_in_the_editor_and_runs(
     run_on_tiny_models(server, prompt, name, active)
 
 
-def run_on_tiny_models(server: ComfyServer, prompt: dict[str, Any], name: str, active: list[dict[str, Any]]) -> None:
+def run_on_tiny_models(
+    server: ComfyServer, prompt: dict[str, Any], name: str, active: list[dict[str, Any]]
+) -> PromptRun:
     """Run the editor's prompt on the tiny models; each active node of ours logs its run with the drawn threshold."""
     expected = EXPECTED[name]
     graph = tiny_prompt.tiny(prompt, expected.variant, prefix=f"examples/{name}")
@@ -193,7 +195,7 @@ def run_on_tiny_models(server: ComfyServer, prompt: dict[str, Any], name: str, a
     summaries = list(SUMMARY.finditer(run.log))
     if expected.cfg_off:
         assert len(CFG_OFF.findall(run.log)) == 1 and not summaries, run.log
-        return
+        return run
     member, _ = tiny_models.named(expected.variant)  # wan22_high and wan22_low share theirs
     assert sorted((m["method"], m["family"], m["member"]) for m in summaries) == sorted(
         ("TeaCache" if node["type"] == TEACACHE else "Cache-DiT", expected.family, member) for node in active
@@ -202,6 +204,7 @@ def run_on_tiny_models(server: ComfyServer, prompt: dict[str, Any], name: str, a
         threshold = next(w["value"] for w in node["widgets"] if w["name"] in ("rel_l1_thresh", "residual_diff_threshold"))
         tag = f"_R{threshold:.2f}" if node["type"] == TEACACHE else f"_R{float(threshold)}"
         assert any(tag in m["tag"] for m in summaries), (tag, [m["tag"] for m in summaries])
+    return run
 
 
 def test_the_controlnet_example_never_replays_the_controlnet(server: ComfyServer, editor: Editor, object_info: dict[str, Any]) -> None:
@@ -254,3 +257,24 @@ def test_every_input_shows_its_tooltip_under_the_mouse(
     tooltips = {name: options.get("tooltip") for name, options in all_inputs(info).items()}
     assert all(tooltips.values()), tooltips
     assert shown == {"": info["description"], **tooltips}
+
+
+def test_a_workflow_saved_before_the_calibrators_keeps_its_taylorseer(server: ComfyServer, editor: Editor) -> None:
+    """A file from before `calibrator` replaced `enable_taylorseer` (on) in the same place: it opens without an
+    error, the editor keeps the saved `true` there (picking from the list replaces it), and the run uses TaylorSeer."""
+    workflow = saved("flux_dev_cachedit")
+    node = next(n for n in workflow["nodes"] if n["type"] == CACHEDIT)
+    values = node["widgets_values"]
+    added = ("dmd_history", "dmd_rank", "dmd_svd_precision")  # inputs the calibrators brought, last in the list
+    node["widgets_values"] = [*values[:7], True, *values[8 : -len(added)]]  # enable_taylorseer on, in its place
+    path = server.base_dir / "user" / "default" / "workflows" / "before-calibrators.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(workflow), encoding="utf-8")
+    loaded = editor.load_user_workflow(path.name)
+    assert (loaded.missing, loaded.dialogs, loaded.error_toasts, loaded.page_errors) == ([], [], [], [])
+    (ours,) = loaded.ours
+    assert next(w["value"] for w in ours["widgets"] if w["name"] == "calibrator") is True
+    prompt = editor.api_prompt()
+    assert prompt[ours["path"]]["inputs"]["calibrator"] is True
+    run = run_on_tiny_models(server, prompt, "flux_dev_cachedit", [ours])
+    assert "_T1O1]" in run.log, run.log  # cache-dit's tag of TaylorSeer order 1

@@ -167,14 +167,14 @@ def test_object_info_describes_apply_cachedit(server: ComfyServer) -> None:
     assert info["display_name"] == "Apply Cache-DiT (DBCache/TaylorSeer/SCM)"
     required, optional = info["input"]["required"], info["input"]["optional"]
     assert {"Fn_compute_blocks", "Bn_compute_blocks", "residual_diff_threshold", "max_warmup_steps",
-            "warmup_interval", "max_cached_steps", "max_continuous_cached_steps", "enable_taylorseer",
-            "taylorseer_order", "taylorseer_cache_type", "scm_preset", "scm_policy"} <= set(required)
+            "warmup_interval", "max_cached_steps", "max_continuous_cached_steps", "calibrator",
+            "taylorseer_order", "calibrator_cache_type", "scm_preset", "scm_policy"} <= set(required)
     assert {"scm_compute_bins", "scm_cache_bins", "max_accumulated_residual_diff_threshold", "target_speedup",
-            "calibration"} <= set(optional)
+            "calibration", "dmd_history", "dmd_rank", "dmd_svd_precision"} <= set(optional)
     defaults = {name: options.get("default") for name, (_, options) in required.items() if name != "model"}
     assert defaults["Fn_compute_blocks"] == 1 and defaults["Bn_compute_blocks"] == 0
     assert defaults["residual_diff_threshold"] == 0.24 and defaults["max_warmup_steps"] == 4
-    assert defaults["max_continuous_cached_steps"] == 3 and defaults["enable_taylorseer"] is False
+    assert defaults["max_continuous_cached_steps"] == 3 and defaults["calibrator"] == "none"
     for name, (_, options) in {**required, **optional}.items():
         assert options.get("tooltip"), f"{name} has no tooltip"
 
@@ -184,7 +184,7 @@ def test_cachedit_workflow_runs_per_family(server: ComfyServer, variant: str) ->
     plain = latent_of(server, run_ok(server, wf.graph(variant, steps=STEPS)))
     exact = run_ok(server, wf.graph(variant, wf.CacheDiT({"residual_diff_threshold": 0.0}), steps=STEPS))
     assert torch.equal(latent_of(server, exact), plain)
-    forced = wf.CacheDiT({"residual_diff_threshold": 1.0, "max_warmup_steps": 2, "enable_taylorseer": True})
+    forced = wf.CacheDiT({"residual_diff_threshold": 1.0, "max_warmup_steps": 2, "calibrator": "taylorseer"})
     run = run_ok(server, wf.graph(variant, forced, steps=STEPS))
     (line,) = CACHEDIT_LINE.finditer(run.log)
     assert line["family"] == wf.tiny_models.family(variant) and int(line["computed"]) < int(line["total"]) == STEPS

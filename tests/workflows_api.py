@@ -72,8 +72,8 @@ class CacheDiT:
         defaults = {
             "Fn_compute_blocks": 1, "Bn_compute_blocks": 0, "residual_diff_threshold": 0.24,
             "max_warmup_steps": 4, "warmup_interval": 1, "max_cached_steps": -1,
-            "max_continuous_cached_steps": 3, "enable_taylorseer": False, "taylorseer_order": 1,
-            "taylorseer_cache_type": "residual", "scm_preset": "none", "scm_policy": "dynamic",
+            "max_continuous_cached_steps": 3, "calibrator": "none", "taylorseer_order": 1,
+            "calibrator_cache_type": "residual", "scm_preset": "none", "scm_policy": "dynamic",
         }
         return {"class_type": "DiTCache_ApplyCacheDiT", "inputs": {"model": model, **defaults, **self.settings}}
 

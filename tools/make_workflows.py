@@ -273,7 +273,7 @@ EXAMPLES: tuple[Example, ...] = (
 - **F1B0, `residual_diff_threshold` 0.08**: cache-dit's docs report 1.6x on FLUX.1-dev (28 steps, L20);
   0.20 gave 2.9x there, with more visible change.
 - Warm-up 4 and at most 3 cached steps in a row are SGLang's defaults.
-- `enable_taylorseer` extrapolates skipped steps; try it at higher thresholds.
+- `calibrator` (taylorseer, foca, dmd) forecasts skipped steps; try it at higher thresholds.
 - The log ends each run with `Cache-DiT [flux, ...]: computed X/Y steps`.
 {_README}""",
     ),

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from dit_cache.caching.dbcache import CacheDitNotInstalledError, DBCacheBranch, DBCacheConfig, TaylorSeer
+from dit_cache.caching.calibrators import CacheDitNotInstalledError
+from dit_cache.caching.dbcache import DBCacheBranch, DBCacheConfig
 
 cache_dit = pytest.importorskip("cache_dit")
 from cache_dit.caching.cache_blocks.pattern_0_1_2 import CachedBlocks_Pattern_0_1_2
@@ -116,7 +117,7 @@ class Case:
     max_cached: int = -1
     max_continuous: int = -1
     max_accumulated: float | None = None
-    taylorseer: tuple[int, str] | None = None
+    calibrator: tuple[str, int, str] | None = None  # (calibrator, taylorseer_order, calibrator_cache_type)
     scm: tuple[str, str] = ("none", "dynamic")
     steps: int = 28
     separate_cfg: bool = False
@@ -134,9 +135,9 @@ class Case:
             max_cached_steps=self.max_cached,
             max_continuous_cached_steps=self.max_continuous,
             max_accumulated_residual_diff_threshold=self.max_accumulated,
-            enable_taylorseer=self.taylorseer is not None,
-            taylorseer_order=self.taylorseer[0] if self.taylorseer else 1,
-            taylorseer_cache_type=self.taylorseer[1] if self.taylorseer else "residual",
+            calibrator=self.calibrator[0] if self.calibrator else "none",
+            taylorseer_order=self.calibrator[1] if self.calibrator else 1,
+            calibrator_cache_type=self.calibrator[2] if self.calibrator else "residual",
             scm_preset=self.scm[0],
             scm_compute_bins=CUSTOM_BINS[0] if custom else (),
             scm_cache_bins=CUSTOM_BINS[1] if custom else (),
@@ -145,7 +146,7 @@ class Case:
 
     @property
     def id(self) -> str:
-        ts = f"T{self.taylorseer[0]}{self.taylorseer[1][0]}" if self.taylorseer else "T0"
+        ts = f"{self.calibrator[0]}{self.calibrator[1]}{self.calibrator[2][0]}" if self.calibrator else "none"
         return (
             f"{self.model}-{'dual' if self.dual else 'single'}-R{self.threshold}-W{self.warmup}I{self.interval}"
             f"-M{self.max_cached}MC{self.max_continuous}-A{self.max_accumulated}-{ts}"
@@ -165,7 +166,9 @@ AXES = {
     "max_cached": [-1, 3],
     "max_continuous": [-1, 1, 3],
     "max_accumulated": [None, 0.5],
-    "taylorseer": [None] + list(itertools.product([1, 2, 3], ["residual", "hidden_states"])),
+    "calibrator": [None]
+    + [("taylorseer", order, kind) for order, kind in itertools.product([1, 2, 3], ["residual", "hidden_states"])]
+    + [(name, 1, kind) for name in ("foca", "dmd") for kind in ("residual", "hidden_states")],
     "scm": [("none", "dynamic")]
     + list(itertools.product(["slow", "medium", "fast", "ultra", "custom"], ["dynamic", "static"])),
     "steps": [28, 20],
@@ -185,10 +188,11 @@ def build_cases() -> list[Case]:
     cases = [draw(**{name: value}) for name, options in AXES.items() for value in options]
     cases += [draw(scm=scm, steps=steps) for scm in AXES["scm"][1:] for steps in (28, 20, 12, 9, 8)]
     cases += [draw(scm=(preset, "dynamic"), warmup=4, interval=i) for preset in ("custom", "ultra") for i in (1, 2)]
-    cases += [draw(taylorseer=ts, threshold=t) for ts in AXES["taylorseer"][1:] for t in (0.2, 0.5)]
+    cases += [draw(calibrator=c, threshold=t) for c in AXES["calibrator"][1:] for t in (0.2, 0.5)]
+    cases += [draw(calibrator=c, max_continuous=-1, threshold=0.5) for c in AXES["calibrator"][1:]]  # long streaks
     cases += [draw(scm=("fast", "dynamic"), steps=6), draw(scm=("ultra", "static"), steps=4)]
     cases += [draw() for _ in range(160)]
-    # A shape change mid-run (cache-dit records -2 and computes; TaylorSeer restarts). Not under
+    # A shape change mid-run (cache-dit records -2 and computes; calibrators restart). Not under
     # a static mask nor a threshold >= 1: cache-dit would add a residual of the old shape there.
     cases += [
         draw(reshape_at=at, threshold=t, scm=("none", "dynamic"), max_accumulated=acc)
@@ -196,7 +200,7 @@ def build_cases() -> list[Case]:
         for t in (0.2, 0.5)
         for acc in (None, 0.6)
     ]
-    cases += [draw(taylorseer=None) for _ in range(120)]
+    cases += [draw(calibrator=None) for _ in range(120)]
     unique = {case.id: case for case in cases}
     return list(unique.values())
 
@@ -253,10 +257,13 @@ def run_cache_dit(case: Case) -> Run:
         steps_computation_policy=case.scm[1],
     )
     calibrator = None
-    if case.taylorseer is not None:
-        calibrator = cache_dit.TaylorSeerCalibratorConfig(
-            taylorseer_order=case.taylorseer[0], calibrator_cache_type=case.taylorseer[1]
-        )
+    if case.calibrator is not None:
+        name, order, kind = case.calibrator
+        calibrator = {
+            "taylorseer": lambda: cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=order, calibrator_cache_type=kind),
+            "foca": lambda: cache_dit.FoCaCalibratorConfig(calibrator_cache_type=kind),
+            "dmd": lambda: cache_dit.DMDCalibratorConfig(calibrator_cache_type=kind),
+        }[name]()
     manager = CachedContextManager(name="test")
     manager.new_context(name="ctx", cache_config=cache_config, calibrator_config=calibrator)
     wrapper_class = CachedBlocks_Pattern_0_1_2 if case.dual else CachedBlocks_Pattern_3_4_5
@@ -331,7 +338,7 @@ def test_grid_covers_every_axis_value() -> None:
     pairs = {(case.scm, case.steps) for case in CASES}
     assert all((scm, n) in pairs for scm in AXES["scm"][1:] for n in (28, 20))
     assert any(case.steps < 8 and case.scm[0] != "none" for case in CASES)
-    assert any(case.reshape_at is not None and case.taylorseer is not None for case in CASES)
+    assert any(case.reshape_at is not None and case.calibrator is not None for case in CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
@@ -355,6 +362,9 @@ def test_grid_exercises_caching() -> None:
     assert any(-1.0 in run.residual_diffs[0].values() for _, run in runs)
     assert any(0 < d < 0.05 for _, run in runs for d in run.residual_diffs[0].values())
     assert any(d > 0.5 for _, run in runs for d in run.residual_diffs[0].values())
+    for name in ("taylorseer", "foca", "dmd"):  # each calibrator forecasts cached steps in some runs
+        with_it = [case for case in CASES if case.calibrator and case.calibrator[0] == name]
+        assert sum(len(run_ours(case).cached_steps[0]) >= 5 for case in with_it) >= 3, name
     reshaped = [run_ours(case) for case in CASES if case.reshape_at is not None]
     assert any(-2.0 in run.residual_diffs[0].values() for run in reshaped)
 
@@ -473,10 +483,13 @@ def test_caps_count_exactly() -> None:
         ("max_cached_steps", -2, "max_cached_steps must be an integer >= -1"),
         ("max_continuous_cached_steps", 1.5, "max_continuous_cached_steps must be an integer >= -1"),
         ("max_accumulated_residual_diff_threshold", 0.0, "must be None (no limit) or a finite number > 0"),
-        ("enable_taylorseer", 1, "enable_taylorseer must be True or False"),
+        ("calibrator", True, "calibrator must be one of 'none', 'taylorseer', 'foca', 'dmd'"),
         ("taylorseer_order", 5, "taylorseer_order must be an integer in [1, 4]"),
         ("taylorseer_order", 0, "taylorseer_order must be an integer in [1, 4]"),
-        ("taylorseer_cache_type", "hidden", "taylorseer_cache_type must be one of 'residual', 'hidden_states'"),
+        ("calibrator_cache_type", "hidden", "calibrator_cache_type must be one of 'residual', 'hidden_states'"),
+        ("dmd_history", 1, "dmd_history must be an integer in [2, 32]"),
+        ("dmd_rank", -1, "dmd_rank must be an integer in [0, 32]"),
+        ("dmd_svd_precision", "fast", "dmd_svd_precision must be one of 'low', 'medium', 'high'"),
         ("scm_preset", "turbo", "scm_preset must be one of 'none', 'slow', 'medium', 'fast', 'ultra', 'custom'"),
         ("scm_policy", "auto", "scm_policy must be one of 'dynamic', 'static'"),
         ("scm_compute_bins", (4, 2), "scm_compute_bins is only used with scm_preset='custom'"),
@@ -499,18 +512,20 @@ def test_defaults_are_sglangs() -> None:
     config = DBCacheConfig()
     assert (config.Fn_compute_blocks, config.Bn_compute_blocks, config.max_warmup_steps) == (1, 0, 4)
     assert (config.residual_diff_threshold, config.max_continuous_cached_steps) == (0.24, 3)
-    assert not config.enable_taylorseer and config.taylorseer_order == 1 and config.scm_preset == "none"
+    assert config.calibrator == "none" and config.taylorseer_order == 1 and config.scm_preset == "none"
 
 
 def test_tag() -> None:
     assert DBCacheConfig().tag() == "DBCache_F1B0_W4I1M0MC3_R0.24"
+    assert DBCacheConfig(calibrator="foca").tag() == "DBCache_F1B0_W4I1M0MC3_R0.24_FoCa"
+    assert DBCacheConfig(calibrator="dmd", dmd_history=8).tag() == "DBCache_F1B0_W4I1M0MC3_R0.24_DMDH8"
     config = DBCacheConfig(
         Fn_compute_blocks=8,
         max_warmup_steps=8,
         max_cached_steps=10,
         max_continuous_cached_steps=-1,
         residual_diff_threshold=0.08,
-        enable_taylorseer=True,
+        calibrator="taylorseer",
         taylorseer_order=2,
         scm_preset="fast",
         scm_policy="static",
@@ -615,16 +630,27 @@ def test_steps_cannot_go_back() -> None:
         branch.can_cache(2, torch.ones(1))
 
 
-def test_taylorseer_second_update_in_a_step_replaces_the_first() -> None:
-    seer, twice = TaylorSeer(2, 0), TaylorSeer(2, 0)
-    for step in range(6):
-        value = torch.tensor([float(step) ** 2])
-        seer.update(step, value)
-        twice.update(step, value + 100.0)  # a first call's value, then replaced
-        twice.update(step, value)
-    assert all(torch.equal(a, b) for a, b in zip(seer.ladder, twice.ladder, strict=True))
-    # Step 5's ladder: 25, 9, 2 (forward differences); two steps on: 25 + 9 * 2 + 2 * 2**2 / 2.
-    assert seer.approximate(7).item() == pytest.approx(47.0)
+def test_calibrators_count_every_call_as_cache_dit_counts_transformer_calls() -> None:
+    """Several calls in one sampler step (Heun, DPM++ 2S): each advances the branch's calibrators once, as
+    cache-dit's context advances them per transformer call; none divides by a zero step."""
+    from cache_dit.caching.cache_contexts.calibrators import TaylorSeerCalibrator
+
+    config = DBCacheConfig(calibrator="taylorseer", max_warmup_steps=0, residual_diff_threshold=1.0)
+    branch, reference = DBCacheBranch(config, 10), TaylorSeerCalibrator(n_derivatives=1)
+    probe, zero = torch.ones(1, 2), torch.zeros(1, 2)
+    calls = [(0, True), (0, True), (1, True), (1, True), (2, True), (2, False), (3, False)]  # (step, computes)
+    for call, (step, computes) in enumerate(calls):
+        cached = branch.can_cache(step, probe)  # threshold 1: caches whenever a probe is stored
+        reference.mark_step_begin()
+        if computes:
+            value = torch.full((1, 2), float(call * call))
+            branch.store(step, probe, (value, None), (value, None))
+            reference.update(value)
+        else:
+            assert cached
+            branch.mark_cached(step)
+            (ours, _), theirs = branch.approximate(step, (zero, None)), reference.approximate()
+            assert torch.equal(ours, theirs) and torch.isfinite(ours).all(), (call, ours, theirs)
 
 
 def test_config_is_frozen_and_revalidated_on_replace() -> None:

@@ -48,7 +48,8 @@ def test_a_linked_input_is_its_default_until_run_time() -> None:
         (TEACACHE, {"coefficients": "1, two"}, "coefficients: cannot parse"),
         (CACHEDIT, {"Fn_compute_blocks": 0}, "Fn_compute_blocks must be a whole number between 1 and 128, got 0"),
         (CACHEDIT, {"Fn_compute_blocks": 1.5}, "Fn_compute_blocks must be a whole number"),
-        (CACHEDIT, {"enable_taylorseer": 1}, "enable_taylorseer must be true or false, got 1"),
+        (CACHEDIT, {"calibrator": 1}, "calibrator must be one of none, taylorseer, foca, dmd, got 1"),
+        (CACHEDIT, {"dmd_history": 40}, "dmd_history must be a whole number between 2 and 32, got 40"),
         (CACHEDIT, {"taylorseer_order": 7}, "taylorseer_order must be a whole number between 1 and 4"),
         (CACHEDIT, {"scm_compute_bins": "6, x"}, "scm_compute_bins: cannot parse '6, x'"),
         (CACHEDIT, {"calibration": "mine"}, "calibration must be one of none or a calibrated preset 'user:<name>'"),
@@ -67,6 +68,13 @@ def test_values_come_back_as_the_configs_take_them() -> None:
     assert values["Fn_compute_blocks"] == 2 and isinstance(values["Fn_compute_blocks"], int)
     assert values["target_speedup"] == 0.0 and isinstance(values["target_speedup"], float)
     assert values["calibration"] == "user:mine"
+
+
+def test_a_workflow_saved_with_enable_taylorseer_in_the_calibrators_place_keeps_its_meaning() -> None:
+    """The editor stores widget values by position: enable_taylorseer's true/false now land on calibrator."""
+    assert dbcache_config(read(CACHEDIT, {"calibrator": True})).calibrator == "taylorseer"
+    assert dbcache_config(read(CACHEDIT, {"calibrator": False})).calibrator == "none"
+    assert [spec.name for spec in CACHEDIT].index("calibrator") == 7  # enable_taylorseer's place
 
 
 def test_scm_bins_count_only_for_a_custom_mask() -> None:
