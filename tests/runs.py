@@ -35,6 +35,30 @@ EAGER: dict[str, dict[str, Any]] = {
 Cache-DiT on every step after a warm-up of 2."""
 
 
+def held_tensors(obj: Any, seen: set[int] | None = None) -> list[torch.Tensor]:
+    """The tensors an object keeps (in attributes, lists, tuples and dicts), each storage once: what a
+    cache-dit calibrator holds, without naming its internals."""
+    seen = set() if seen is None else seen
+    if isinstance(obj, torch.Tensor):
+        key = obj.untyped_storage().data_ptr()
+        if key in seen:
+            return []
+        seen.add(key)
+        return [obj]
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, dict):
+        children = list(obj.values())
+    elif isinstance(obj, (list, tuple)):
+        children = list(obj)
+    elif hasattr(obj, "__dict__"):
+        children = list(vars(obj).values())
+    else:
+        return []
+    return [t for child in children for t in held_tensors(child, seen)]
+
+
 def apply(model: Any, method: str, **settings: Any) -> Any:
     """`model` through the method's node with `settings` (the node's defaults for the rest); a new MODEL."""
     (patched,) = NODES[method].execute(model, **settings)

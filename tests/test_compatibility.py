@@ -30,7 +30,7 @@ from comfy_extras.nodes_easycache import EasyCacheNode
 from dit_cache.caching.dbcache import DBCacheBranch
 from dit_cache.caching.teacache import TeaCacheRun
 from probes import replay_rule
-from runs import EAGER, METHODS, OFF, PATCHES, apply, last_run, sample
+from runs import EAGER, METHODS, OFF, PATCHES, apply, held_tensors, last_run, sample
 
 import nodes
 
@@ -425,8 +425,7 @@ class StoredTensors:
 
         def store_branch(branch: DBCacheBranch, *args: Any) -> None:
             branch_store(branch, *args)
-            self._keep([branch._fn_residual, *branch._stored])
-            self._keep(t for seer in branch._seers if seer is not None for t in seer.ladder)
+            self._keep([branch._fn_residual, *branch._stored, *held_tensors(branch._calibrators)])
 
         self._patches.setattr(TeaCacheRun, "store", store_teacache)
         self._patches.setattr(DBCacheBranch, "store", store_branch)
@@ -446,9 +445,11 @@ def live_tensors() -> int:
         return sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_no_cached_tensor_outlives_a_run(models, method) -> None:
-    patched = eager(method, models["flux"])
+@pytest.mark.parametrize(("method", "settings"), [(method, {}) for method in METHODS] + [
+    ("cachedit", {"calibrator": name}) for name in ("taylorseer", "foca", "dmd")
+])
+def test_no_cached_tensor_outlives_a_run(models, method, settings) -> None:
+    patched = eager(method, models["flux"], **settings)
     with StoredTensors() as stored:
         sample(patched, "flux", steps=3)
     assert last_run(patched, method).skipped_steps
