@@ -594,6 +594,9 @@ def test_imports_without_cache_dit_and_says_how_to_install(monkeypatch: pytest.M
     assert module.DBCacheBranch(module.DBCacheConfig(), 28).mask is None  # no mask, no cache-dit needed
     with pytest.raises(ImportError, match="pip install cache-dit"):
         config.steps_mask(28)
+    calibrated = module.DBCacheConfig(calibrator="foca")  # validates without cache-dit; a run needs it
+    with pytest.raises(ImportError, match="The calibrator comes from cache-dit.*set calibrator to 'none'"):
+        module.DBCacheBranch(calibrated, 28)
     assert issubclass(CacheDitNotInstalledError, ImportError)
 
 
