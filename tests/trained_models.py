@@ -2,8 +2,9 @@
 
 Random-weight models change their output far more from step to step than trained ones, so
 caching thresholds tuned on real models never skip on them and fidelity figures would
-mislead. These two models are ComfyUI's own classes (``comfy.ldm.flux.model.Flux``,
-``comfy.ldm.wan.model.WanModel``) at small sizes, trained by ``bench/train_fixtures.py``
+mislead. These models are ComfyUI's own classes (``comfy.ldm.flux.model.Flux``,
+``comfy.ldm.wan.model.WanModel``) at small sizes (Flux at 2 + 4 blocks, and at 4 + 8 as
+``flux_deep`` for many probe blocks and long cached streaks), trained by ``bench/train_fixtures.py``
 with rectified flow on procedurally drawn data: soft coloured shapes on a tinted
 background in ComfyUI's 16-channel latent space (moving across the frames for Wan), one
 shape and colour per class, the class given as a few text tokens and a pooled vector.
@@ -70,6 +71,17 @@ SPECS: dict[str, FixtureSpec] = {
         },
         side=16, frames=None,
     ),
+    # Deep enough for many probe blocks (F4-F8) and long cached streaks: 4 double + 8 single blocks.
+    "flux_deep": FixtureSpec(
+        comfy.supported_models.Flux,
+        {
+            "image_model": "flux", "in_channels": CHANNELS, "out_channels": CHANNELS, "vec_in_dim": COND_DIM,
+            "context_in_dim": COND_DIM, "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 2, "depth": 4,
+            "depth_single_blocks": 8, "axes_dim": [8, 28, 28], "theta": 10000, "patch_size": 2,
+            "qkv_bias": True, "guidance_embed": True,
+        },
+        side=16, frames=None,
+    ),
     "wan": FixtureSpec(
         comfy.supported_models.WAN21_T2V,
         {
@@ -82,6 +94,11 @@ SPECS: dict[str, FixtureSpec] = {
     ),
 }
 FIXTURES: tuple[str, ...] = tuple(SPECS)
+
+
+def is_flux(name: str) -> bool:
+    """Flux fixtures take a pooled vector and embedded guidance; Wan's take neither."""
+    return SPECS[name].config is comfy.supported_models.Flux
 
 
 def _generator(*parts: object) -> torch.Generator:
@@ -109,7 +126,7 @@ def _current_name(key: str, expected: Any) -> str:
 
 
 def load_model(name: str) -> comfy.model_patcher.ModelPatcher:
-    """Fixture ``name`` ("flux" or "wan") with its trained weights, as a MODEL the way ComfyUI's loaders return it."""
+    """Fixture ``name`` (one of FIXTURES) with its trained weights, as a MODEL the way ComfyUI's loaders return it."""
     model = build(name)
     state_dict = comfy.utils.load_torch_file(str(weights_path(name)))
     expected = model.diffusion_model.state_dict().keys()
@@ -141,7 +158,7 @@ def conditioning(name: str, class_index: int | None, batch: int = 1) -> list[lis
     """CONDITIONING for ``class_index`` (0..CLASSES-1, or None for the empty prompt) as the fixture was trained."""
     tokens, pooled = class_tokens(class_index)
     extras: dict[str, Any] = {}
-    if name == "flux":
+    if is_flux(name):
         extras["pooled_output"] = pooled.expand(batch, -1).clone()  # guidance: ComfyUI's default 3.5, as trained
     return [[tokens.expand(batch, -1, -1).clone(), extras]]
 
