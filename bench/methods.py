@@ -78,13 +78,31 @@ def cachedit(curve: str, setting: str, **settings: Any) -> Method:
     return Method(curve, setting, _our_node(ApplyCacheDiT, **settings))
 
 
-def dbcache(fn: int, threshold: float, *, taylorseer_order: int = 0, **settings: Any) -> Method:
-    """DBCache FnB0 with max_continuous_cached_steps 3 (the node's default), optionally with TaylorSeer."""
-    curve = f"DBCache F{fn}B0" + (f" + TaylorSeer O{taylorseer_order}" if taylorseer_order else "")
-    if taylorseer_order:
-        settings |= {"calibrator": "taylorseer", "taylorseer_order": taylorseer_order}
+CALIBRATORS = (("none", 1), ("taylorseer", 1), ("taylorseer", 2), ("foca", 1), ("dmd", 1))  # (calibrator, order)
+
+
+def calibrator_name(calibrator: str, order: int = 1) -> str:
+    return {"none": "", "taylorseer": f" + TaylorSeer O{order}", "foca": " + FoCa", "dmd": " + DMD"}[calibrator]
+
+
+def dbcache(fn: int, threshold: float, *, calibrator: str = "none", taylorseer_order: int = 1, **settings: Any) -> Method:
+    """DBCache FnB0 with max_continuous_cached_steps 3 (the node's default), optionally with a calibrator."""
+    curve = f"DBCache F{fn}B0" + calibrator_name(calibrator, taylorseer_order)
     return cachedit(curve, f"threshold {threshold:g}", Fn_compute_blocks=fn, Bn_compute_blocks=0,
-                    residual_diff_threshold=threshold, max_continuous_cached_steps=3, **settings)
+                    residual_diff_threshold=threshold, max_continuous_cached_steps=3, calibrator=calibrator,
+                    taylorseer_order=taylorseer_order, **settings)
+
+
+def cadence(calibrator: str, order: int, streak: int, warmup: int = 2) -> Method:
+    """DBCache F1B0 on a fixed cadence: threshold 1 caches every step the gates allow, so after `warmup` steps
+    one step computes and `streak` cache, for every calibrator alike: the same compute, forecast differently."""
+    curve = f"DBCache F1B0 W{warmup} cadence" + calibrator_name(calibrator, order)
+    return cachedit(curve, f"{streak} cached per computed step", Fn_compute_blocks=1, Bn_compute_blocks=0,
+                    residual_diff_threshold=1.0, max_warmup_steps=warmup, max_continuous_cached_steps=streak,
+                    calibrator=calibrator, taylorseer_order=order)
+
+
+STREAKS = (1, 2, 3, 4, 6, 9)
 
 
 def scm(preset: str, policy: str, **settings: Any) -> Method:
@@ -107,6 +125,9 @@ def fidelity_methods(fn_large: int, teacache_thresholds: tuple[float, ...], quic
     methods += [teacache(t) for t in tea]
     methods += [dbcache(1, t) for t in db]
     methods += [dbcache(fn_large, t) for t in db]
-    methods += [dbcache(1, t, taylorseer_order=order) for order in (1, 2) for t in taylor]
+    methods += [dbcache(1, t, calibrator="taylorseer", taylorseer_order=order) for order in (1, 2) for t in taylor]
+    methods += [dbcache(1, t, calibrator=name) for name in ("foca", "dmd") for t in taylor]
+    streaks = STREAKS[1::2] if quick else STREAKS
+    methods += [cadence(name, order, k) for name, order in CALIBRATORS for k in streaks]
     methods += [scm(p, policy) for policy in ("static", "dynamic") for p in SCM_PRESETS]
     return methods

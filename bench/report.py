@@ -12,7 +12,9 @@ from typing import Any
 import torch
 
 PSNR_CAP = 100.0  # dB counted for a bit-identical sample, so that means stay finite
-MATCHED = (1.5, 2.0, 3.0)  # fewer block evaluations than uncached, by this factor
+MATCHED = (1.5, 2.0, 3.0, 4.0, 5.0)  # fewer block evaluations than uncached, by this factor
+GOALS = ((3.0, 40.0), (4.0, 35.0))  # (fewer blocks, PSNR dB) every fixture should reach with a method of ours
+GOAL_OVER_EASYCACHE = (3.0, 10.0)  # and this many dB above EasyCache at this factor
 OURS_EXCLUDED = ("uncached", "EasyCache")
 
 
@@ -22,9 +24,9 @@ Everything runs in-process in the real ComfyUI: its KSampler (`nodes.common_ksam
 schedule), its ModelPatcher, ComfyUI's own EasyCache node and this pack's nodes, called as a workflow calls
 them.
 
-- **Fidelity** uses two small models trained for this purpose (`tests/trained_models.py`, weights in
-  `bench/fixtures/`, trained by `bench/train_fixtures.py`): ComfyUI's `Flux` (2 double + 4 single blocks,
-  hidden 128) and `WanModel` (6 blocks, dim 128), trained with rectified flow on procedurally drawn latents
+- **Fidelity** uses three small models trained for this purpose (`tests/trained_models.py`, weights in
+  `bench/fixtures/`, trained by `bench/train_fixtures.py`): ComfyUI's `Flux` at 2 double + 4 single blocks
+  (`flux`) and at 4 double + 8 single blocks (`flux_deep`), hidden 128, and `WanModel` (6 blocks, dim 128), trained with rectified flow on procedurally drawn latents
   (a soft coloured shape per class on a tinted background; moving across 3 frames for Wan; the class given as
   4 text tokens). Random weights would mislead here: they change by 0.3-0.5 per step and never cache at real
   thresholds. Each method runs on several classes and seeds; PSNR (peak = the reference's value range) and
@@ -34,8 +36,12 @@ them.
   decoded-image figure.
 - **Blocks executed** is exact: torch hooks on the transformer blocks count every block that ran, divided by
   the uncached count. "2x fewer blocks" means half the block evaluations. A method's fidelity at exactly
-  1.5x, 2x and 3x is interpolated linearly between its two neighbouring sweep settings ("not reached" when
+  1.5x to 5x is interpolated linearly between its two neighbouring sweep settings ("not reached" when
   its sweep does not get there).
+- **Calibrators at matched compute**: the "cadence" curves run DBCache F1B0 at threshold 1 (cache whenever the
+  gates allow), warm-up 2, and one computed step after every 1, 2, 3, 4, 6 or 9 cached ones: the same steps
+  compute whatever the calibrator, so the curves differ only in how the skipped residual is forecast (none =
+  reused as is; TaylorSeer, FoCa, DMD: cache-dit's own classes, as the node runs them).
 - **Speed** uses random-weight models with the real block structure (Flux-shaped 8 double + 16 single
   blocks; Wan-shaped 16 blocks) and 576 image tokens, where the blocks take most of the step. Each method
   runs in pairs with the uncached model (alternating which goes first); its speedup is the median over the
@@ -114,10 +120,17 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def at_fraction_worst(points: list[dict], fraction: float) -> float | None:
+    """`at_fraction` of the curve's worst-sample PSNR."""
+    return at_fraction([{**p, "psnr_mean": p["psnr_min"]} for p in points], fraction)
+
+
 def matched_table(rows: list[dict]) -> tuple[str, list[str]]:
-    """PSNR of every curve at 1.5x, 2x and 3x fewer block evaluations, and sentences comparing with EasyCache."""
+    """PSNR (pooled / worst sample) of every curve at 1.5x-5x fewer block evaluations, and sentences comparing
+    with EasyCache."""
     by_curve = {k: v for k, v in curves(rows).items() if k != "uncached"}
-    body = [[name] + [_db(at_fraction(points, 1 / x)) for x in MATCHED] for name, points in by_curve.items()]
+    body = [[name] + [_pair(at_fraction(points, 1 / x), at_fraction_worst(points, 1 / x)) for x in MATCHED]
+            for name, points in by_curve.items()]
     verdicts = []
     for x in MATCHED:
         easy = at_fraction(by_curve.get("EasyCache", []), 1 / x)
@@ -133,8 +146,61 @@ def matched_table(rows: list[dict]) -> tuple[str, list[str]]:
         below = ", ".join(f"{n} ({v - easy:+.1f} dB)" for n, v in ours.items() if v < easy)
         verdicts.append(f"{x:g}x: best ours {best} {_db(ours[best])} dB vs EasyCache {_db(easy)} dB "
                         f"({ours[best] - easy:+.1f} dB)" + (f"; below EasyCache: {below}." if below else "."))
-    header = ["method"] + [f"{x:g}x fewer blocks: PSNR dB" for x in MATCHED]
+    header = ["method"] + [f"{x:g}x fewer blocks: PSNR dB (pooled / worst)" for x in MATCHED]
     return _table(header, body), verdicts
+
+
+def _pair(pooled: float | None, worst: float | None) -> str:
+    return "not reached" if pooled is None else f"{_db(pooled)} / {_db(worst)}"
+
+
+def best_of_ours(rows: list[dict], x: float) -> tuple[str, float] | None:
+    """The curve of ours with the highest pooled PSNR at `x` fewer blocks, and that PSNR."""
+    ours = {n: at_fraction(p, 1 / x) for n, p in curves(rows).items() if n not in OURS_EXCLUDED}
+    ours = {n: v for n, v in ours.items() if v is not None}
+    return max(ours.items(), key=lambda item: item[1]) if ours else None
+
+
+def goals(fidelity: dict[str, Any]) -> list[str]:
+    """Per goal: whether every fixture reaches it, with the best curve and its PSNR per fixture."""
+    lines = []
+    for x, target in GOALS:
+        best = {fixture: best_of_ours(data["rows"], x) for fixture, data in fidelity.items()}
+        met = all(b is not None and b[1] >= target for b in best.values())
+        parts = [f"{f} " + ("not reached" if b is None else f"{b[1]:.1f} dB ({b[0]})") for f, b in best.items()]
+        lines.append(f"- {x:g}x fewer blocks at >= {target:g} dB: **{'met' if met else 'not met'}**: " + "; ".join(parts))
+    x, margin = GOAL_OVER_EASYCACHE
+    parts, met = [], True
+    for fixture, data in fidelity.items():
+        best = best_of_ours(data["rows"], x)
+        easy = at_fraction(curves(data["rows"]).get("EasyCache", []), 1 / x)
+        if best is None or easy is None:
+            met = False
+            parts.append(f"{fixture}: " + ("ours not reached" if best is None else "EasyCache not reached"))
+            continue
+        met &= best[1] - easy >= margin
+        parts.append(f"{fixture}: {best[1] - easy:+.1f} dB ({best[0]} vs EasyCache {easy:.1f} dB)")
+    lines.append(f"- {margin:g} dB above EasyCache at {x:g}x: **{'met' if met else 'not met'}**: " + "; ".join(parts))
+    return lines
+
+
+def calibrator_forecasts(rows: list[dict]) -> list[str]:
+    """Where a calibrator does worse than plain reuse: each cadence setting against reuse on the very same steps."""
+    cadence = [r for r in rows if "cadence" in r["curve"]]
+    reuse = {r["setting"]: r for r in cadence if "+" not in r["curve"]}
+    lines = []
+    for name, points in curves([r for r in cadence if "+" in r["curve"]]).items():
+        worse = [f"{p['setting'].split()[0]} cached per computed ({1 / p['block_fraction']:.2f}x, "
+                 f"{p['psnr_mean'] - reuse[p['setting']]['psnr_mean']:+.1f} dB)"
+                 for p in points if p["psnr_mean"] < reuse[p["setting"]]["psnr_mean"]]
+        lines.append(f"- {name.split(' + ', 1)[1]}: " + ("worse than plain reuse at " + ", ".join(worse) if worse
+                                                      else "never worse than plain reuse, at every cadence"))
+    return lines
+
+
+def memory_table(copies: dict[str, float]) -> str:
+    body = [["none (plain reuse)", "1.0"]] + [[name, f"{value:.1f}"] for name, value in copies.items()]
+    return _table(["calibrator", "memory per cached stream (copies of the stream)"], body)
 
 
 def full_table(rows: list[dict]) -> str:
@@ -242,11 +308,20 @@ def write(results: dict[str, Any], out: Path, fidelity: tuple, timing_specs: dic
         table, verdicts = matched_table(rows)
         md += [f"## Fidelity: trained {setup.fixture} fixture", "",
                (f"{setup.steps} steps, Euler, simple schedule, cfg {setup.cfg:g}; DBCache max_continuous_cached_steps 3, "
-               f"warm-up 4 steps; F{setup.fn_large}B0 stands in for F8B0 (the fixture has 6 blocks)."), "",
+               f"warm-up 4 steps unless the curve says otherwise; F{setup.fn_large}B0 stands in for F8B0 (the fixture "
+               f"has {setup.blocks} blocks)."), "",
                f"![speed-fidelity, {setup.fixture}]({image})", "", "At matched compute:", "", table, "",
-               *[f"- {v}" for v in verdicts], "", "<details><summary>Every setting</summary>", "",
+               *[f"- {v}" for v in verdicts], "", "Calibrators against plain reuse on the same cadence:", "",
+               *calibrator_forecasts(rows), "", "<details><summary>Every setting</summary>", "",
                full_table(rows), "", "</details>", ""]
         summary += [f"== fidelity: {setup.fixture} ==", table, *verdicts, ""]
+    md += ["## Goals: 3-5x", "", *goals(results["fidelity"]), ""]
+    summary += ["== goals ==", *goals(results["fidelity"]), ""]
+    if "calibrator_memory" in results:
+        md += ["## Calibrator memory", "",
+               ("What each calibrator keeps per cached stream and CFG branch, in copies of that stream (e.g. Flux's "
+                "image tokens x hidden width), measured on cache-dit's own classes after a 28-step run:"), "",
+               memory_table(results["calibrator_memory"]), ""]
     md += ["## Speed summary", "", speed_summary(results["timing"]), ""]
     for fixture, data in results["timing"].items():
         spec = timing_specs[fixture]

@@ -38,6 +38,7 @@ import report
 import torch
 import trained_models as fx
 from metrics import count_blocks, psnr_of, relative_mse, ssim
+from runs import held_tensors
 from tiny_models import _fill_weights as fill_random_weights
 
 import nodes
@@ -55,13 +56,16 @@ class FidelitySetup:
     fixture: str
     steps: int
     cfg: float
-    fn_large: int  # the "many probe blocks" DBCache variant (F8B0 on real models; these have 6 blocks)
+    blocks: int
+    fn_large: int  # the "many probe blocks" DBCache variant (F8B0 on real models, with 57 blocks)
     teacache_thresholds: tuple[float, ...]
 
 
+FLUX_TEACACHE = (0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.2)
 FIDELITY = (
-    FidelitySetup("flux", 28, 1.0, 2, (0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.2)),
-    FidelitySetup("wan", 30, 5.0, 2, (0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.24, 0.4)),
+    FidelitySetup("flux", 28, 1.0, 6, 2, FLUX_TEACACHE),
+    FidelitySetup("flux_deep", 28, 1.0, 12, 4, FLUX_TEACACHE),
+    FidelitySetup("wan", 30, 5.0, 6, 2, (0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.24, 0.4)),
 )
 
 # Timing fixtures: random weights, Flux-shaped 8 double + 16 single blocks and Wan-shaped 16 blocks.
@@ -146,11 +150,12 @@ def timing_methods() -> list[m.Method]:
         m.Method("overhead", "TeaCache rel_l1_thresh 1e-9", m.teacache(never).apply),
         m.Method("overhead", "DBCache F1B0 threshold 1e-9, no warm-up",
                  m.dbcache(1, never, max_warmup_steps=0).apply),
-        m.Method("overhead", "DBCache F1B0 + TaylorSeer O2 threshold 1e-9, no warm-up",
-                 m.dbcache(1, never, taylorseer_order=2, max_warmup_steps=0).apply),
+        *[m.Method("overhead", f"DBCache F1B0{m.calibrator_name(name, order)} threshold 1e-9, no warm-up",
+                   m.dbcache(1, never, calibrator=name, taylorseer_order=order, max_warmup_steps=0).apply)
+          for name, order in m.CALIBRATORS[1:]],
         *[m.scm(p, "static") for p in m.SCM_PRESETS],
-        m.dbcache(1, 1.0),  # threshold >= 1 caches every step warm-up and max_continuous allow
-        m.dbcache(1, 1.0, taylorseer_order=2),
+        # threshold >= 1 caches every step warm-up and max_continuous allow
+        *[m.dbcache(1, 1.0, calibrator=name, taylorseer_order=order) for name, order in m.CALIBRATORS],
         m.teacache(1.0, coefficients="1, 0"),
         m.easycache(3.0),
     ]
@@ -229,6 +234,28 @@ def run_timing(fixture: str, repeats: int) -> tuple[list[TimingRow], float]:
     return rows, block_share(model, fixture, spec)
 
 
+def calibrator_memory(steps: int = 28, shape: tuple[int, ...] = (1, 64, 128)) -> dict[str, float]:
+    """What each calibrator keeps per cached stream, in copies of the stream (plain reuse keeps one): cache-dit's
+    class, built as the node builds it, fed a run of computed and cached steps."""
+    from dit_cache.caching.calibrators import new_calibrator
+    from dit_cache.caching.dbcache import DBCacheConfig
+
+    copies = {}
+    for name, order in m.CALIBRATORS[1:]:
+        calibrator = new_calibrator(DBCacheConfig(calibrator=name, taylorseer_order=order).calibrator_config())
+        for step in range(steps):
+            calibrator.mark_step_begin()
+            if step < 4 or step % 3 == 0:
+                calibrator.update(torch.randn(shape))
+            else:
+                calibrator.approximate()
+        stream_bytes = torch.zeros(shape).nbytes
+        copies[m.calibrator_name(name, order).removeprefix(" + ")] = (
+            sum(t.nbytes for t in held_tensors(calibrator)) / stream_bytes
+        )
+    return copies
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="thin sweeps, 2 samples, 2 repeats (a few minutes)")
@@ -253,6 +280,7 @@ def main() -> None:
     for setup in FIDELITY:
         results["fidelity"][setup.fixture] = {
             "setup": asdict(setup), "rows": [asdict(r) for r in run_fidelity(setup, args.quick)]}
+    results["calibrator_memory"] = calibrator_memory()
     for fixture in TIMING_SPECS:
         rows, share = run_timing(fixture, repeats)
         results["timing"][fixture] = {"rows": [asdict(r) for r in rows], "block_share": share}

@@ -204,6 +204,19 @@ def test_cachedit_invalid_inputs_are_rejected(server: ComfyServer, settings: dic
     assert all(named in f"{e['message']} {e['details']}" for e in errors), errors
 
 
+def test_an_api_prompt_from_before_the_calibrators_is_rejected_naming_the_new_inputs(server: ComfyServer) -> None:
+    """enable_taylorseer / taylorseer_cache_type by name: ComfyUI ignores unknown inputs, so the prompt must fail
+    on the missing new ones rather than run without the TaylorSeer it asked for."""
+    graph = wf.graph("flux", wf.CacheDiT({"calibrator": "taylorseer"}), steps=2)
+    inputs = graph[wf.METHOD]["inputs"]
+    inputs["enable_taylorseer"] = inputs.pop("calibrator") == "taylorseer"
+    inputs["taylorseer_cache_type"] = inputs.pop("calibrator_cache_type")
+    with pytest.raises(PromptRejected) as rejected:
+        server.post_prompt(graph)
+    errors = rejected.value.body["node_errors"][wf.METHOD]["errors"]
+    assert sorted(e["extra_info"]["input_name"] for e in errors) == ["calibrator", "calibrator_cache_type"], errors
+
+
 def test_cachedit_too_many_compute_blocks_fails_the_node_with_the_models_limit(server: ComfyServer) -> None:
     run = server.run(wf.graph("flux", wf.CacheDiT({"Fn_compute_blocks": 4}), steps=2))
     assert run.status == "error" and "4 transformer blocks" in str(run.error)
