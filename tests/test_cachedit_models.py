@@ -62,6 +62,33 @@ class BlockCounter:
             handle.remove()
 
 
+class StackOutputs:
+    """Per call (torch hooks, not the pack): block 0's image output and the image leaving the block stack."""
+
+    def __init__(self, model: Any, variant: str):
+        self.dm = model.model.diffusion_model
+        self.layout = LAYOUTS[tm.family(variant)]
+        self.first = blocks(model, variant)[0]
+        self.fn: list[torch.Tensor] = []
+        self.stack: list[torch.Tensor] = []
+
+    def __enter__(self) -> Self:
+        index = self.layout.first_block_image
+        self.handles = [
+            self.first.register_forward_hook(
+                lambda m, a, out: self.fn.append((out if index is None else out[index]).clone())
+            ),
+            getattr(self.dm, self.layout.stack_out[0]).register_forward_pre_hook(
+                lambda m, a: self.stack.append(a[0].clone())
+            ),
+        ]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 @pytest.mark.parametrize("variant", ALL)
 def test_forced_caching_skips_exactly_the_middle_blocks(models, variant) -> None:
     model = models[variant]
@@ -84,23 +111,11 @@ def test_cached_step_output_is_the_fn_output_plus_the_cached_middle_residual(mod
     """With Fn = 1 and Bn = 0: on a cached step, stack output = block-0 output + the residual the
     middle blocks produced on the last computed step (image tokens), exactly."""
     model = models[variant]
-    dm = model.model.diffusion_model
     patched = cachedit(model, Fn_compute_blocks=1, residual_diff_threshold=1.0, max_warmup_steps=3,
                        max_continuous_cached_steps=-1)
-    fn_out: list[torch.Tensor] = []
-    stack_out: list[torch.Tensor] = []
-    layout = LAYOUTS[tm.family(variant)]
-    index = layout.first_block_image
-    first = blocks(model, variant)[0]
-    handles = [
-        first.register_forward_hook(lambda m, a, out: fn_out.append((out if index is None else out[index]).clone())),
-        getattr(dm, layout.stack_out[0]).register_forward_pre_hook(lambda m, a: stack_out.append(a[0].clone())),
-    ]
-    try:
+    with StackOutputs(model, variant) as outputs:
         sample(patched, variant)
-    finally:
-        for handle in handles:
-            handle.remove()
+    fn_out, stack_out = outputs.fn, outputs.stack
     computed = [r.computed for r in last_run(patched).records]
     assert computed == [True] * 3 + [False] * (STEPS - 3)
     residual = None
@@ -136,26 +151,14 @@ def test_cached_step_output_is_the_fn_output_plus_the_calibrators_forecast(model
     residuals of the branch's computed calls, one calibrator per CFG branch, advanced once per call (Wan: the
     two branches in separate calls). Every run starts afresh: a second run on the same MODEL gives the same."""
     model = models[variant]
-    dm = model.model.diffusion_model
     steps = 16  # warm-up 4, then cached and computed in turn: DMD gets the 4 evenly spaced steps it fits on
     patched = cachedit(model, Fn_compute_blocks=1, residual_diff_threshold=1.0, max_warmup_steps=4,
                        max_continuous_cached_steps=1, calibrator=calibrator)
-    fn_out: list[torch.Tensor] = []
-    stack_out: list[torch.Tensor] = []
-    layout = LAYOUTS[tm.family(variant)]
-    index = layout.first_block_image
-    first = blocks(model, variant)[0]
-    handles = [
-        first.register_forward_hook(lambda m, a, out: fn_out.append((out if index is None else out[index]).clone())),
-        getattr(dm, layout.stack_out[0]).register_forward_pre_hook(lambda m, a: stack_out.append(a[0].clone())),
-    ]
-    try:
+    with StackOutputs(model, variant) as outputs:
         result = sample(patched, variant, steps=steps, cfg=cfg, lengths=tm.SPLIT_LENGTHS)
-        records = last_run(patched).records
-        again = sample(patched, variant, steps=steps, cfg=cfg, lengths=tm.SPLIT_LENGTHS)
-    finally:
-        for handle in handles:
-            handle.remove()
+    records = last_run(patched).records
+    again = sample(patched, variant, steps=steps, cfg=cfg, lengths=tm.SPLIT_LENGTHS)
+    fn_out, stack_out = outputs.fn, outputs.stack
     assert torch.equal(again, result)
     references: dict[Any, Any] = {}
     for call, record in enumerate(records):

@@ -60,27 +60,17 @@ class FixtureSpec:
         return (CHANNELS, *frames, self.side, self.side)
 
 
+_FLUX = {
+    "image_model": "flux", "in_channels": CHANNELS, "out_channels": CHANNELS, "vec_in_dim": COND_DIM,
+    "context_in_dim": COND_DIM, "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2,
+    "depth_single_blocks": 4, "axes_dim": [8, 28, 28], "theta": 10000, "patch_size": 2,
+    "qkv_bias": True, "guidance_embed": True,
+}
 SPECS: dict[str, FixtureSpec] = {
-    "flux": FixtureSpec(
-        comfy.supported_models.Flux,
-        {
-            "image_model": "flux", "in_channels": CHANNELS, "out_channels": CHANNELS, "vec_in_dim": COND_DIM,
-            "context_in_dim": COND_DIM, "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2,
-            "depth_single_blocks": 4, "axes_dim": [8, 28, 28], "theta": 10000, "patch_size": 2,
-            "qkv_bias": True, "guidance_embed": True,
-        },
-        side=16, frames=None,
-    ),
+    "flux": FixtureSpec(comfy.supported_models.Flux, _FLUX, side=16, frames=None),
     # Deep enough for many probe blocks (F4-F8) and long cached streaks: 4 double + 8 single blocks.
     "flux_deep": FixtureSpec(
-        comfy.supported_models.Flux,
-        {
-            "image_model": "flux", "in_channels": CHANNELS, "out_channels": CHANNELS, "vec_in_dim": COND_DIM,
-            "context_in_dim": COND_DIM, "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 2, "depth": 4,
-            "depth_single_blocks": 8, "axes_dim": [8, 28, 28], "theta": 10000, "patch_size": 2,
-            "qkv_bias": True, "guidance_embed": True,
-        },
-        side=16, frames=None,
+        comfy.supported_models.Flux, _FLUX | {"depth": 4, "depth_single_blocks": 8}, side=16, frames=None
     ),
     "wan": FixtureSpec(
         comfy.supported_models.WAN21_T2V,
