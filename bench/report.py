@@ -68,8 +68,8 @@ these numbers were made. It measures real-size shapes with random bf16 weights (
 for SCM static masks and forced DBCache / TeaCache schedules, per-step overhead of each method when it never
 skips, peak memory of the main device, and host synchronisations per step (`torch.cuda.set_sync_debug_mode`).
 Its `--smoke` mode runs the same code on tiny shapes on the CPU. `--out docs` puts its table (gpu.md) where the
-next `make bench` includes it here. Apply TeaCache's `cache_device` cpu is measured there; Apply Cache-DiT has
-no `cache_device` input yet, so its main-vs-CPU memory comparison waits for that input.
+next `make bench` includes it here. Apply TeaCache's `cache_device` cpu is measured there; Apply Cache-DiT's
+(an optional input now) is not measured yet.
 """
 
 
