@@ -85,7 +85,9 @@ def calibrator_name(calibrator: str, order: int = 1) -> str:
     return {"none": "", "taylorseer": f" + TaylorSeer O{order}", "foca": " + FoCa", "dmd": " + DMD"}[calibrator]
 
 
-def dbcache(fn: int, threshold: float, *, calibrator: str = "none", taylorseer_order: int = 1, **settings: Any) -> Method:
+def dbcache(
+    fn: int, threshold: float, *, calibrator: str = "none", taylorseer_order: int = 1, **settings: Any
+) -> Method:
     """DBCache FnB0 with max_continuous_cached_steps 3 (the node's default), optionally with a calibrator."""
     curve = f"DBCache F{fn}B0" + calibrator_name(calibrator, taylorseer_order)
     return cachedit(curve, f"threshold {threshold:g}", Fn_compute_blocks=fn, Bn_compute_blocks=0,

@@ -185,7 +185,8 @@ class DBCacheConfig:
         _check_int("total_steps", total_steps, 1)
         if self.scm_preset == "none" or total_steps < SCM_MIN_STEPS:
             return None
-        steps_mask = import_cache_dit("DBCache's steps computation mask (scm_preset)", "set scm_preset to 'none'").steps_mask
+        cache_dit = import_cache_dit("DBCache's steps computation mask (scm_preset)", "set scm_preset to 'none'")
+        steps_mask = cache_dit.steps_mask
         if self.scm_preset != "custom":
             return list(steps_mask(total_steps=total_steps, mask_policy=self.scm_preset))
         covered = sum(self.scm_compute_bins) + sum(self.scm_cache_bins)

@@ -35,8 +35,9 @@ class ApplyCacheDiT(io.ComfyNode):
                 "Cache-DiT at block level: always runs the first Fn and last Bn transformer blocks and skips the "
                 "middle ones while the Fn blocks' residual barely changes between steps (DBCache), optionally "
                 "forecasting the skipped residual with one of cache-dit's calibrators (TaylorSeer, FoCa, DMD) and "
-                "following a step computation mask (SCM). Separate state per CFG branch. Supports " + supported() + "; other "
-                "models pass through unchanged. Defaults as SGLang's cache-dit integration."
+                "following a step computation mask (SCM). Separate state per CFG branch. Supports "
+                + supported()
+                + "; other models pass through unchanged. Defaults as SGLang's cache-dit integration."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to accelerate (it is not modified)."),

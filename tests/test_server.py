@@ -19,7 +19,8 @@ from comfy_server import ComfyServer, PromptRejected, PromptRun
 
 NODE = "DiTCache_ApplyTeaCache"
 TEST_NODES = {
-    "DiTCacheTest_TinyModel", "DiTCacheTest_Conditioning", "DiTCacheTest_Latent", "DiTCacheTest_ImageToVideo", "DiTCacheTest_BlockPatch",
+    "DiTCacheTest_TinyModel", "DiTCacheTest_Conditioning", "DiTCacheTest_Latent", "DiTCacheTest_ImageToVideo",
+    "DiTCacheTest_BlockPatch",
     "DiTCacheTest_TrainedModel", "DiTCacheTest_TrainedConditioning", "DiTCacheTest_TrainedLatent",
     "DiTCacheTest_LatentPicture",
 }

@@ -4,8 +4,9 @@ Only what needs real model files changes: the diffusion model loader loads the t
 family, text encoders become tiny conditioning (edit encoders with one tiny reference latent per
 image), empty-latent, VAE-encode and image-to-video nodes give tiny latents, a ControlNet model
 patch becomes a tiny per-block patch, and the VAE decode becomes a SaveLatent (there is no tiny
-VAE), so the image/video loaders, preprocessors and savers around them go. Our nodes, LoRA and ModelSampling nodes, guidance nodes and the samplers
-with all their settings and links stay exactly as the editor wrote them.
+VAE), so the image/video loaders, preprocessors and savers around them go. Our nodes, LoRA and
+ModelSampling nodes, guidance nodes and the samplers with all their settings and links stay
+exactly as the editor wrote them.
 """
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def tiny(prompt: Prompt, variant: str, prefix: str) -> Prompt:
             keep = {name: inputs[name] for name in ("positive", "negative")}
             node = {"class_type": "DiTCacheTest_ImageToVideo", "inputs": {**keep, "variant": variant}}
         elif kind in MODEL_PATCHES:
-            node = {"class_type": "DiTCacheTest_BlockPatch", "inputs": {"model": inputs["model"], "strength": inputs["strength"]}}
+            keep = {name: inputs[name] for name in ("model", "strength")}
+            node = {"class_type": "DiTCacheTest_BlockPatch", "inputs": keep}
         elif kind in DECODERS:
             node = {"class_type": "SaveLatent", "inputs": {"samples": inputs["samples"], "filename_prefix": prefix}}
         out[node_id] = node

@@ -75,7 +75,8 @@ class Conditioning:
     def build(self, variant: str, seed: int, length: int, references: int = 0) -> tuple[list[list[Any]]]:
         conditioning = tiny_models.conditioning(variant, seed=seed, length=length)
         if references:  # the same images for every prompt, as both branches of an edit workflow get them
-            conditioning[0][1]["reference_latents"] = [tiny_models.reference_latent(variant, seed=i) for i in range(references)]
+            latents = [tiny_models.reference_latent(variant, seed=i) for i in range(references)]
+            conditioning[0][1]["reference_latents"] = latents
         return (conditioning,)
 
 
