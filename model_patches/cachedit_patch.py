@@ -8,31 +8,27 @@ the approximated state). The decisions are `caching.dbcache`'s, one state per CF
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..caching.dbcache import DBCacheConfig, DBCacheRun
-from ..caching.records import RunSummary, computed_after_all
+from ..caching.records import RunSummary
 from ..caching.schedule import StepSchedule
-from .family import BlockArgs, Family
-from .sampling_hooks import RunBlock, SamplingRun, eager_frame, identity, install
+from .family import BlockArgs, CallInfo, Family
+from .sampling_hooks import CachePatch, eager_frame, identity, install
+from .sampling_run import CachingRun, RunBlock
 
-logger = logging.getLogger(__name__)
 
 Streams = tuple[torch.Tensor, torch.Tensor | None]
 
 
 @dataclass
-class CacheDiTPatch:
-    """The node's settings, kept in the MODEL's transformer_options; `last_run` tells what happened."""
+class CacheDiTPatch(CachePatch):
+    """The node's settings, kept in the MODEL's transformer_options."""
 
     config: DBCacheConfig
-    family: Family
-    member: str  # the family member it was applied to, as logs and the Cache report name it
-    last_run: RunSummary | None = field(default=None, compare=False)
 
     key = "dit_cache.cachedit"
     run_key = "dit_cache.cachedit.run"
@@ -58,22 +54,32 @@ def check_block_split(config: DBCacheConfig, family: Family, diffusion_model: to
         )
 
 
-class CacheDiTSampling(SamplingRun):
+@dataclass
+class CacheDiTCall(CallInfo):
+    reuse: bool = False  # the middle blocks are skipped: the cache (or a forecast) stands in for them
+    fn_residuals: list[torch.Tensor] = field(default_factory=list)  # the probe, per branch
+    middle_input: Streams | None = None
+
+
+class CacheDiTSampling(CachingRun):
     """One sampling run: decides after the Fn blocks, replays or stores the middle."""
 
+    call_type = CacheDiTCall
+
     def __init__(self, patch: CacheDiTPatch, diffusion_model: torch.nn.Module, schedule: StepSchedule):
-        super().__init__(patch.family, diffusion_model, schedule)
-        self.patch = patch
         self.config = patch.config
         self.blocks = block_count(patch.family, diffusion_model)
         self.middle_end = self.blocks - 1 - self.config.Bn_compute_blocks  # last middle position
+        super().__init__(patch, diffusion_model, schedule)
         keys = patch.family.block_keys(diffusion_model)
         text_kinds = patch.family.text_stream_kinds
         # The middle ends in a joint stage (Flux's, HunyuanVideo's single blocks: text and image in one
         # sequence). Its image and text parts are cached as two streams, as cache-dit keeps them: a calibrator
         # that is not elementwise (DMD) forecasts each on its own.
         self.ends_joint = self.joint_position is not None and keys[self.middle_end][0] not in text_kinds
-        self.run = DBCacheRun(self.config, schedule.total_steps)
+
+    def new_decisions(self) -> DBCacheRun:
+        return DBCacheRun(self.config, self.schedule.total_steps)
 
     @eager_frame
     def on_block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:
@@ -90,10 +96,9 @@ class CacheDiTSampling(SamplingRun):
             return run_block(args)
         if position == fn:
             if call.reuse:
-                replayed = self.guarded(self._approximate, kind, args)
+                replayed = self.replayed_or_none(self._approximate, kind, args)  # None: nothing skipped yet, computes
                 if replayed is not None:
                     return replayed
-                computed_after_all(self.run.records, call.keys)  # nothing was skipped yet: the middle computes
                 call.reuse = False
             self.guarded(self._keep_middle_input, kind, args)
         if call.reuse:
@@ -159,15 +164,7 @@ class CacheDiTSampling(SamplingRun):
             out["txt"] = new_txt
         return out
 
-    def finish(self) -> None:
-        summary = replace(self.run.summary(), disabled=self.failure)
-        self.patch.last_run = summary
-        self.run = DBCacheRun(self.config, self.schedule.total_steps)  # drop cached tensors
-        if summary.calls == 0:
-            logger.warning(
-                "Cache-DiT [%s]: the model's block loop was never reached, nothing was cached", self.family.name
-            )
-            return
+    def describe(self, summary: RunSummary) -> str:
         cached_calls = summary.calls - summary.calls_computed
         middle = self.blocks - self.config.Fn_compute_blocks - self.config.Bn_compute_blocks
         diffs = [d for r in summary.records for d in r.rel_l1 if d is not None and d > 0]
@@ -176,22 +173,14 @@ class CacheDiTSampling(SamplingRun):
             if diffs
             else "no residual diffs measured"
         )
-        logger.info(
-            "Cache-DiT [%s, %s]: computed %d/%d steps; %d of %d transformer calls cached; blocks computed %d/%d; %s (%s)",
-            self.family.name,
-            self.config.tag(),
-            summary.steps_computed,
-            summary.total_steps,
-            cached_calls,
-            summary.calls,
-            summary.calls * self.blocks - cached_calls * middle,
-            summary.calls * self.blocks,
-            diff_text,
-            self.patch.member,
+        return (
+            f"computed {summary.steps_computed}/{summary.total_steps} steps; {cached_calls} of {summary.calls} "
+            f"transformer calls cached; blocks computed {summary.calls * self.blocks - cached_calls * middle}/"
+            f"{summary.calls * self.blocks}; {diff_text}"
         )
 
 
 def apply_cachedit(model: Any, family: Family, config: DBCacheConfig) -> Any:
     """A clone of `model` that runs Cache-DiT while sampling."""
     check_block_split(config, family, model.get_model_object("diffusion_model"))
-    return install(model, CacheDiTPatch(config, family, family.variant(model).label))
+    return install(model, CacheDiTPatch(family, family.variant(model).label, config))

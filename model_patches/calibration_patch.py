@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,22 +19,22 @@ import torch
 
 from ..caching.calibration import FN_LOOKBACK, RecordedCall, RecordedRun
 from ..caching.dbcache import residual_diff_tensor
-from ..caching.records import RunSummary
 from ..caching.schedule import StepSchedule
 from ..caching.teacache import relative_l1
 from ..caching.teacache_presets import TeaCachePreset
 from ..caching.user_presets import UserPreset, calibrated, load, path_for, save
-from .family import BlockArgs, Family
-from .sampling_hooks import RunBlock, SamplingRun, eager_frame, install
+from .family import BlockArgs, CallInfo
+from .sampling_hooks import CachePatch, eager_frame, install
+from .sampling_run import CallIdentity, RunBlock, SamplingRun
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class CalibrationPatch:
-    """What Calibrate TeaCache asked for; `last_preset` is the preset saved after the latest run."""
+class CalibrationPatch(CachePatch):
+    """What Calibrate TeaCache asked for; `last_preset` is the preset saved after the latest run
+    (`last_run` is set only when the run was off)."""
 
-    family: Family
     base: TeaCachePreset  # indicator and forced steps to calibrate for
     name: str
     directory: Path
@@ -42,7 +42,6 @@ class CalibrationPatch:
     model: str = ""
     last_preset: UserPreset | None = field(default=None, compare=False)
     last_error: str | None = field(default=None, compare=False)
-    last_run: RunSummary | None = field(default=None, compare=False)  # set only when the run was off
 
     method = "Calibrate TeaCache"
     key = "dit_cache.calibration"
@@ -75,8 +74,19 @@ class CalibrationPatch:
         return preset
 
 
+@dataclass
+class CalibrationCall(CallInfo):
+    observed: tuple[torch.Tensor, torch.Tensor] | None = None  # (indicator, Fn residual) of every branch
+
+
 class CalibrationSampling(SamplingRun):
-    """One observed sampling run: block 0 gives the indicator and the Fn residual, the call's end the output."""
+    """One observed sampling run: block 0 gives the indicator and the Fn residual, the call's end the output.
+
+    Every record is per call identity, so a context window or an extra pass is measured against
+    its own earlier calls only.
+    """
+
+    call_type = CalibrationCall
 
     def __init__(self, patch: CalibrationPatch, diffusion_model: torch.nn.Module, schedule: StepSchedule):
         super().__init__(patch.family, diffusion_model, schedule)
@@ -85,6 +95,11 @@ class CalibrationSampling(SamplingRun):
         self.previous: dict[Hashable, tuple[torch.Tensor, torch.Tensor]] = {}  # last (indicator, output)
         self.fn_history: dict[Hashable, deque[torch.Tensor]] = {}
         self.calls: list[RecordedCall] = []
+
+    def forget(self, identities: Iterable[CallIdentity]) -> None:
+        for identity in identities:
+            self.previous.pop(identity, None)
+            self.fn_history.pop(identity, None)
 
     @eager_frame
     def on_block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:

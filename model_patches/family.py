@@ -7,8 +7,8 @@ Block arguments are ComfyUI's replace-patch dicts: "img" is the stream that is c
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,9 +23,10 @@ class CallInfo:
 
     One per call and thread: ComfyUI's multi-GPU path runs CFG branches in parallel threads,
     so everything a method keeps between the blocks of one call lives here, never on the run.
+    A method with scratch of its own between blocks extends it.
     """
 
-    keys: tuple[Any, ...]  # one per CFG branch in the batch (cond uuids)
+    keys: tuple[Hashable, ...]  # the identity of each branch in the batch (`sampling_run.CallIdentity`)
     step: int
     in_window: bool
     timestep: torch.Tensor | None
@@ -34,13 +35,8 @@ class CallInfo:
     sigma: float = 0.0
     txt_len: int = 0  # text tokens beside the image in a joint sequence (set at the first block)
     img_len: int = 0
-    # Per-call scratch of the methods.
     stack_input: torch.Tensor | None = None  # the cached stream entering the stack (or the middle)
-    reuse: bool = False  # the blocks from here on are skipped: the cache stands in for them
-    fn_residuals: list[torch.Tensor] = field(default_factory=list)
-    middle_input: tuple[torch.Tensor, torch.Tensor | None] | None = None
     last_text_stage: tuple[torch.Tensor, torch.Tensor] | None = None  # (img, txt) out of the last double block
-    observed: tuple[torch.Tensor, torch.Tensor] | None = None  # calibration: (indicator, Fn residual)
 
 
 @dataclass(frozen=True)
@@ -89,7 +85,7 @@ class Family:
         text_stream_kinds: block kinds whose "txt" is a text stream the blocks update (not a
             fixed context, as Wan's is): Cache-DiT caches that stream's residual too. When other
             blocks follow them, those run on one joint sequence of both streams, whose order
-            each run reads from ComfyUI and verifies (`SamplingRun.block`).
+            each run reads from ComfyUI and verifies (`joint_layout`).
         object_patches: attribute path on the diffusion model -> replacement, for families whose
             ComfyUI forward has no `patches_replace` (Z-Image).
     """

@@ -3,14 +3,14 @@
 A method installs three things on a clone of the MODEL:
 - an OUTER_SAMPLE wrapper that starts a fresh run per sampling run (its state never
   outlives the run, so a second sampler, resolution or batch size starts clean);
-- a DIFFUSION_MODEL wrapper that tells the run where each call sits (step, CFG branches);
+- a DIFFUSION_MODEL wrapper that tells the run where each call sits and what it is
+  (`sampling_run`: step, CFG branches, context window, kind of call);
 - a `patches_replace` hook per block, which lets the run compute or skip each block.
 Without a run (outside sampling, or disabled for this run) every hook passes through.
 
-Models whose last blocks run on one joint sequence of text and image (Flux, HunyuanVideo) have
-it laid out as their ComfyUI version decides (0.33 put the text first in HunyuanVideo): each run
-reads the order from ComfyUI (`img_slice`) where it passes it, and verifies it once against the
-streams the blocks before handed over; a sequence it cannot account for stops caching.
+A call whose own options replace some of the blocks (a guidance node's extra pass, such as
+skip-layer guidance) runs with our hook around each replacement: the run sees every block, and
+the replacement runs whenever its block computes.
 
 Under torch.compile the hooks' own frames and every caching action run eagerly (no decision
 is traced into a graph, no guard depends on a run, a step or a CFG branch), while the blocks
@@ -23,41 +23,41 @@ import inspect
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache, partial
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import comfy.patcher_extension
 import torch
 from comfy.patcher_extension import WrappersMP
 
 from ..caching.records import RunSummary
-from ..caching.schedule import StepSchedule
-from .family import BlockArgs, CallInfo, Family
+from .family import BlockArgs, Family
+from .sampling_run import SamplingRun, eager, eager_frame
 
 logger = logging.getLogger(__name__)
-
-RunBlock = Callable[[BlockArgs], BlockArgs]
 
 # Whole-model caches of ComfyUI (EasyCache and LazyCache both keep their state under this key).
 # Skipping on top of their skipped calls would compound two approximations, so ours steps aside.
 OTHER_CACHES = {"easycache": "EasyCache / LazyCache"}
 
-eager = torch.compiler.disable  # a frame that torch.compile never traces (nor anything it calls)
-eager_frame = partial(torch.compiler.disable, recursive=False)  # skipped itself; what it calls still compiles
 
+@dataclass
+class CachePatch:
+    """What a method's node leaves in the MODEL's transformer_options: its settings, and how it
+    starts each sampling run; `last_run` tells what the latest run did (or why the method was off)."""
 
-class CachePatch(Protocol):
-    """What a method's node leaves in the MODEL's transformer_options, and how it starts each sampling run."""
+    family: Family
+    member: str  # the family member it was applied to, as logs and the Cache report name it
+    last_run: RunSummary | None = field(default=None, compare=False, kw_only=True)
 
     key: ClassVar[str]  # where it sits in transformer_options; also its wrappers' key
     run_key: ClassVar[str]  # where a sampling run's state sits while the run lasts
     method: ClassVar[str]  # its name in logs and warnings
-    family: Family
-    last_run: RunSummary | None  # what the latest sampling run did (or why the method was off)
 
     def start_run(self, guider: Any, sigmas: torch.Tensor) -> SamplingRun | None:
         """The run's state, or None when the method is off for this run."""
-        ...
+        raise NotImplementedError
 
 
 Patch = TypeVar("Patch", bound=CachePatch)
@@ -67,151 +67,6 @@ def installed(model: Any, patch_type: type[Patch]) -> Patch | None:
     """The patch of this type that a node put on this MODEL (ModelPatcher), if any."""
     patch = model.model_options.get("transformer_options", {}).get(patch_type.key)
     return patch if isinstance(patch, patch_type) else None
-
-
-class LayoutMismatch(RuntimeError):
-    """A joint sequence laid out in no order the pack can verify: caching it would corrupt the image."""
-
-
-class SamplingRun:
-    """Base of a method's per-run state: knows the schedule, the joint layout and the current call."""
-
-    def __init__(self, family: Family, diffusion_model: torch.nn.Module, schedule: StepSchedule):
-        self.family = family
-        self.diffusion_model = diffusion_model
-        self.schedule = schedule
-        self.joint_position = family.joint_position(diffusion_model)
-        self.text_first: bool | None = None  # order of the joint sequence, once verified in this run
-        self.failure: str | None = None  # why caching stopped in this run
-        self._current = threading.local()  # parallel branch calls (multi-GPU) each have their own
-
-    @property
-    def call(self) -> CallInfo | None:
-        """The call this thread is in, None outside one."""
-        return getattr(self._current, "call", None)
-
-    @call.setter
-    def call(self, call: CallInfo | None) -> None:
-        self._current.call = call
-
-    def begin_call(
-        self, transformer_options: dict, timestep: torch.Tensor | None, has_control: bool, diffusion_model: Any
-    ) -> None:
-        """Where this call sits; `has_control`: the call carries ControlNet residuals."""
-        sigma = float(transformer_options["sigmas"][0])
-        keys = transformer_options.get("uuids") or transformer_options.get("cond_or_uncond") or [0]
-        self.call = CallInfo(
-            keys=tuple(keys),
-            step=self.schedule.step_index(sigma),
-            in_window=self.schedule.in_window(sigma),
-            timestep=timestep,
-            between_blocks=has_control or bool(transformer_options.get("patches", {}).get("double_block")),
-            diffusion_model=diffusion_model if diffusion_model is not None else self.diffusion_model,
-            sigma=sigma,
-        )
-
-    @eager_frame
-    def block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:
-        """One block under this run: what every method needs to know of the streams, then its `on_block`."""
-        call = self.call
-        if position == 0:
-            call.img_len = args["img"].shape[1]
-            call.txt_len = args["txt"].shape[1] if kind in self.family.text_stream_kinds else 0
-        if position == self.joint_position and self.text_first is None:
-            self.guarded(self._verify_layout, args)
-            if self.failed:
-                return run_block(args)
-        out = self.on_block(position, last, kind, args, run_block)
-        if self.joint_position is not None and position == self.joint_position - 1 and self.text_first is None:
-            call.last_text_stage = (out["img"], out["txt"])  # what ComfyUI joins next (control adds in place)
-        return out
-
-    def _verify_layout(self, args: BlockArgs) -> None:
-        """Find the joint sequence's order: ComfyUI's `img_slice` where given, checked against the streams."""
-        img, txt = self.call.last_text_stage
-        joint = args["img"]
-        img_slice = (args.get("transformer_options") or {}).get("img_slice")
-        orders = (True, False) if img_slice is None else (img_slice[0] > 0,)
-        for text_first in orders:
-            expected_slice = (txt.shape[1], joint.shape[1]) if text_first else (0, img.shape[1])
-            if img_slice is not None and tuple(img_slice) != expected_slice:
-                continue
-            expected = torch.cat((txt, img) if text_first else (img, txt), dim=1)
-            if expected.shape == joint.shape and torch.equal(expected, joint):
-                self.text_first = text_first
-                return
-        told = f"at ComfyUI's img_slice {list(img_slice)}" if img_slice is not None else "in either order"
-        raise LayoutMismatch(
-            f"{self.family.name}: the first joint block's input is not the image and text streams "
-            f"of the block before it {told}"
-        )
-
-    def _joined_text_first(self) -> bool:
-        if self.text_first is None:
-            raise LayoutMismatch(f"{self.family.name}: the joint sequence's order is not verified in this run")
-        return self.text_first
-
-    def enter_stack(self, args: BlockArgs) -> None:
-        """At block 0: keep the image stream entering the block stack, which every method measures from."""
-        self.call.stack_input = args["img"].clone()  # blocks may update their input in place
-
-    def stack_residual(self, kind: str, out: BlockArgs) -> torch.Tensor:
-        """What the blocks since `enter_stack` added to the image stream (its image tokens, in the model's dtype)."""
-        residual = self.image_tokens(kind, out["img"]) - self.call.stack_input
-        self.call.stack_input = None
-        return residual
-
-    def image_tokens(self, kind: str, hidden: torch.Tensor) -> torch.Tensor:
-        """The image part of a block's "img" output (joint blocks carry text and image)."""
-        if self.joint_position is None or kind in self.family.text_stream_kinds:
-            return hidden
-        start = self.call.txt_len if self._joined_text_first() else 0
-        return hidden[:, start : start + self.call.img_len]
-
-    def joint(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-        """The sequence joint blocks run on, in the order this run verified."""
-        return torch.cat((txt, img) if self._joined_text_first() else (img, txt), dim=1)
-
-    def split(self, joint: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(img, txt) of a joint sequence: the inverse of `joint`."""
-        call = self.call
-        if self._joined_text_first():
-            return joint[:, call.txt_len :], joint[:, : call.txt_len]
-        return joint[:, : call.img_len], joint[:, call.img_len :]
-
-    def on_block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:
-        raise NotImplementedError
-
-    def end_call(self, output: torch.Tensor) -> None:
-        """The diffusion model's output of the current call (calibration measures it)."""
-
-    def finish(self) -> None:
-        """Called once when the sampling run ends (also on error or interrupt)."""
-
-    @property
-    def failed(self) -> bool:
-        return self.failure is not None
-
-    def fail(self, error: BaseException) -> None:
-        """Stop caching for the rest of the run: every block computes from here on."""
-        if not self.failed:
-            self.failure = f"{type(error).__name__}: {error}"
-            logger.warning("dit-cache: caching stopped for this run, steps now compute: %s", self.failure)
-
-    @eager
-    def guarded(self, action: Callable[..., Any], *args: Any) -> Any:
-        """Run one caching action (decide, store, approximate, apply) outside any compiled graph.
-
-        On an error the run stops caching (logged once) and None is returned: the caller then
-        computes, so a failure in the cache never reaches the image.
-        """
-        if self.failed:
-            return None
-        try:
-            return action(*args)
-        except Exception as error:
-            self.fail(error)
-            return None
 
 
 @eager
@@ -246,6 +101,10 @@ class BlockHook:
         if run is None or run.failed or run.call is None:
             return run_block(args)
         return run.block(self.position, self.last, self.kind, args, run_block)
+
+    def around(self, replacement: Callable | None) -> BlockHook:
+        """This hook running `replacement` (None: ComfyUI's own block) whenever the block computes."""
+        return BlockHook(self.patch_key, self.run_key, self.position, self.last, self.kind, replacement)
 
 
 def _run_previous(previous: Callable, extra: dict, args: BlockArgs) -> BlockArgs:
@@ -314,6 +173,8 @@ def _diffusion_model_wrapper(run_key: str, executor: Any, *args: Any, **kwargs: 
 def _run_call(run: SamplingRun, executor: Any, args: tuple, kwargs: dict) -> Any:
     run.guarded(_begin_call, run, executor, args, kwargs)
     try:
+        if run.call is not None:
+            args, kwargs = _hooks_around_replacements(run, args, kwargs)
         output = executor(*args, **kwargs)
         run.guarded(run.end_call, output)
         return output
@@ -342,6 +203,26 @@ def _outer_sample_wrapper(patch_key: str, executor: Any, *args: Any, **kwargs: A
         run.finish()
 
 
+@eager
+def _hooks_around_replacements(run: SamplingRun, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The call's arguments, with our hook around each block replacement its own options carry.
+
+    An extra pass (skip-layer guidance: some blocks return their input) sets them per call, in
+    place of our hooks; the run then still sees every block, and the extra pass is a kind of call
+    of its own (`sampling_run.CallKinds`), so its cached blocks are its own too.
+    """
+    options = _transformer_options(args, kwargs)
+    replaces = options.get("patches_replace", {})
+    dit = replaces.get("dit", {})
+    around = {key: hook.around(dit.get(key)) for key, hook in run.block_hooks.items() if dit.get(key) is not hook}
+    if not around:
+        return args, kwargs
+    ours = {**options, "patches_replace": {**replaces, "dit": {**dit, **around}}}
+    if kwargs.get("transformer_options") is options:
+        return args, {**kwargs, "transformer_options": ours}
+    return tuple(ours if a is options else a for a in args), kwargs
+
+
 def _start_run(patch: CachePatch, guider: Any, sigmas: torch.Tensor) -> SamplingRun | None:
     """The method's run, or None (with one warning) where caching could not be exact about what it skips."""
     reason = _conflict(patch, guider)
@@ -349,7 +230,12 @@ def _start_run(patch: CachePatch, guider: Any, sigmas: torch.Tensor) -> Sampling
         logger.warning("%s is off for this run: %s", patch.method, reason)
         patch.last_run = RunSummary(len(sigmas) - 1, disabled=reason)
         return None
-    return patch.start_run(guider, sigmas)
+    run = patch.start_run(guider, sigmas)
+    if run is not None:
+        hooks = guider.model_options["transformer_options"]["patches_replace"]["dit"]
+        diffusion_model = guider.model_patcher.get_model_object("diffusion_model")
+        run.block_hooks = {key: hooks[key] for key in patch.family.block_keys(diffusion_model)}
+    return run
 
 
 def _conflict(patch: CachePatch, guider: Any) -> str | None:

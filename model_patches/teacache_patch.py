@@ -3,30 +3,28 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..caching.records import RunSummary, computed_after_all
+from ..caching.records import RunSummary
 from ..caching.schedule import StepSchedule
 from ..caching.teacache import TeaCacheConfig, TeaCacheRun
 from ..caching.teacache_presets import TeaCachePreset
-from .family import BlockArgs, Family
-from .sampling_hooks import RunBlock, SamplingRun, eager_frame, identity, install
+from .family import BlockArgs, CallInfo, Family
+from .sampling_hooks import CachePatch, eager_frame, identity, install
+from .sampling_run import CachingRun, RunBlock
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TeaCachePatch:
-    """The node's settings, kept in the MODEL's transformer_options; `last_run` tells what happened."""
+class TeaCachePatch(CachePatch):
+    """The node's settings, kept in the MODEL's transformer_options."""
 
     config: TeaCacheConfig
-    family: Family
     preset: TeaCachePreset
-    member: str  # the family member it was applied to, as logs and the Cache report name it
-    last_run: RunSummary | None = field(default=None, compare=False)
 
     key = "dit_cache.teacache"
     run_key = "dit_cache.teacache.run"
@@ -63,13 +61,18 @@ def _active_cfg(guider: Any) -> float | None:
     return None
 
 
-class TeaCacheSampling(SamplingRun):
+@dataclass
+class TeaCacheCall(CallInfo):
+    reuse: bool = False  # the stack is skipped: the cached residual stands in for it
+
+
+class TeaCacheSampling(CachingRun):
     """One sampling run of TeaCache: the first block decides, the last stores the residual."""
 
-    def __init__(self, patch: TeaCachePatch, diffusion_model: torch.nn.Module, schedule: StepSchedule):
-        super().__init__(patch.family, diffusion_model, schedule)
-        self.patch = patch
-        self.run = TeaCacheRun(patch.config, schedule.total_steps)
+    call_type = TeaCacheCall
+
+    def new_decisions(self) -> TeaCacheRun:
+        return TeaCacheRun(self.patch.config, self.schedule.total_steps)
 
     @eager_frame
     def on_block(self, position: int, last: int, kind: str, args: BlockArgs, run_block: RunBlock) -> BlockArgs:
@@ -77,10 +80,9 @@ class TeaCacheSampling(SamplingRun):
         if position == 0:
             call.reuse = self.guarded(self._decide, args) is False  # a failure computes
             if call.reuse:
-                replayed = self.guarded(self._replay, args)
+                replayed = self.replayed_or_none(self._replay, args)
                 if replayed is not None:
                     return replayed
-                computed_after_all(self.run.records, call.keys)
                 call.reuse = False
         elif call.reuse:
             return identity(args)
@@ -113,30 +115,13 @@ class TeaCacheSampling(SamplingRun):
             return
         self.run.store(call.keys, self.stack_residual(kind, out))
 
-    def finish(self) -> None:
-        summary = replace(self.run.summary(), disabled=self.failure)
-        self.patch.last_run = summary
-        self.run = TeaCacheRun(self.patch.config, self.schedule.total_steps)  # drop cached tensors
-        if summary.calls == 0:
-            logger.warning(
-                "TeaCache [%s]: the model's block loop was never reached, so nothing was cached "
-                "(a ComfyUI version whose %s forward this pack does not know?)",
-                self.family.name,
-                type(self.diffusion_model).__name__,
-            )
-            return
-        logger.info(
-            "TeaCache [%s, %s]: computed %d/%d steps; %d of %d transformer calls reused the cache (%s)",
-            self.family.name,
-            self.patch.config.tag(),
-            summary.steps_computed,
-            summary.total_steps,
-            summary.calls - summary.calls_computed,
-            summary.calls,
-            self.patch.member,
+    def describe(self, summary: RunSummary) -> str:
+        return (
+            f"computed {summary.steps_computed}/{summary.total_steps} steps; "
+            f"{summary.calls - summary.calls_computed} of {summary.calls} transformer calls reused the cache"
         )
 
 
 def apply_teacache(model: Any, family: Family, preset: TeaCachePreset, config: TeaCacheConfig) -> Any:
     """A clone of `model` that runs TeaCache while sampling."""
-    return install(model, TeaCachePatch(config, family, preset, family.variant(model).label))
+    return install(model, TeaCachePatch(family, family.variant(model).label, config, preset))

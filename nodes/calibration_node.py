@@ -64,7 +64,8 @@ class CalibrateTeaCache(io.ComfyNode):
         config_name = type(getattr(model.model, "model_config", None)).__name__
         model_name = f"{diffusion_model_class(model)} ({config_name})"
         patch = CalibrationPatch(
-            family, base, values["preset_name"], presets_directory(), values["append"], model_name
+            family, family.variant(model).label, base, values["preset_name"], presets_directory(), values["append"],
+            model_name,
         )
         patch.existing()  # a malformed or mismatched preset file fails here, naming the file, before sampling
         return io.NodeOutput(apply_calibration(model, patch))

@@ -32,7 +32,8 @@ def report_data(summary: RunSummary, method: str, settings: str, threshold: floa
     """A run's report as plain data (the Cache report node's JSON): per call and totals.
 
     `signal` is what was compared with the threshold: TeaCache's accumulated rescaled change,
-    Cache-DiT's residual diff of the first blocks (None where nothing was compared).
+    Cache-DiT's residual diff of the first blocks (None where nothing was compared). A row of the
+    timeline is one call identity: a CFG branch, in its context window, of its kind of call.
     """
     branch_ids: dict[object, int] = {}
     calls = []
@@ -55,6 +56,7 @@ def report_data(summary: RunSummary, method: str, settings: str, threshold: floa
         "threshold": threshold,
         "total_steps": summary.total_steps,
         "branches": len(branch_ids),
+        "rows": [_row_label(key, row) for key, row in branch_ids.items()],
         "steps_computed": summary.steps_computed if summary.records else summary.total_steps,
         "calls": summary.calls,
         "calls_computed": summary.calls_computed,
@@ -62,6 +64,11 @@ def report_data(summary: RunSummary, method: str, settings: str, threshold: floa
         "disabled": summary.disabled,
         "per_call": calls,
     }
+
+
+def _row_label(key: object, row: int) -> str:
+    label = getattr(key, "label", None)  # a call identity names itself; other keys are numbered
+    return label() if callable(label) else f"branch {row}"
 
 
 def _font() -> ImageFont.ImageFont:
@@ -129,7 +136,8 @@ def step_states(data: dict) -> dict[tuple[int, int], bool]:
 
 def render_report(data: dict) -> Image.Image:
     """Timeline (computed / cached per step and branch), the signal against the threshold, the totals."""
-    layout = ReportLayout(data["total_steps"], data["branches"])
+    rows = data.get("rows") or [f"branch {row}" for row in range(data["branches"])]
+    layout = ReportLayout(data["total_steps"], data["branches"], left=max(90, 16 + 6 * max(map(len, rows), default=0)))
     image = Image.new("RGB", (WIDTH, layout.height), BACKGROUND)
     draw = ImageDraw.Draw(image)
     font = _font()
@@ -137,7 +145,7 @@ def render_report(data: dict) -> Image.Image:
     draw.text((10, 24), "green: computed   orange: cached   grey: no call", fill=INK, font=font)
     states = step_states(data)
     for row in range(data["branches"]):
-        draw.text((10, layout.top + row * layout.row_height + 5), f"branch {row}", fill=INK, font=font)
+        draw.text((10, layout.top + row * layout.row_height + 5), rows[row], fill=INK, font=font)
         for step in range(data["total_steps"]):
             state = states.get((step, row))
             color = NO_CALL if state is None else COMPUTED if state else CACHED
