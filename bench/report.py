@@ -283,6 +283,20 @@ def calibration_section(report: Path) -> list[str]:
              "fitted vs borrowed coefficients is there too):"), "", *kept, ""]
 
 
+CONTEXT_WINDOWS_INTRO = (
+    "Each context window caches against the same window in earlier steps (one state per window and CFG "
+    "branch), so a long video through ComfyUI's context windows should save what a short one saves, at the "
+    "same fidelity. From [context_windows.md](context_windows.md) (`bench/context_windows.py`):"
+)
+
+
+def context_windows_section(report: Path) -> list[str]:
+    """`bench/context_windows.py`'s report (docs/context_windows.md) as a section."""
+    if not report.exists():
+        return ["## Context windows", "", "Not measured yet: run `bench/context_windows.py`.", ""]
+    return ["## Context windows", "", CONTEXT_WINDOWS_INTRO, "", report.read_text().strip(), ""]
+
+
 def write(results: dict[str, Any], out: Path, fidelity: tuple, timing_specs: dict, timing_steps: int) -> str:
     """Writes out/benchmarks.md and the plots; returns the summary printed on the console."""
     info = results["machine"]
@@ -333,6 +347,7 @@ def write(results: dict[str, Any], out: Path, fidelity: tuple, timing_specs: dic
                f"most 1 / (1 - {data['block_share']:.3f} + {data['block_share']:.3f} x blocks)."), "", table, ""]
         summary += [f"== timing: {fixture} (blocks {100 * data['block_share']:.1f} % of wall) ==", table, ""]
     md += calibration_section(out / "calibration.md")
+    md += context_windows_section(out / "context_windows.md")
     gpu = out / "gpu.md"
     md += ["## On a GPU", "", gpu.read_text() if gpu.exists() else GPU_NOT_RUN]
     (out / "benchmarks.md").write_text("\n".join(md) + "\n")

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 from comfy_api.latest import io
 
+from ..caching.configs import dbcache_run_config, load_user_preset
 from ..caching.dbcache import DBCacheConfig
 from ..caching.node_inputs import CACHEDIT, dbcache_config, read
 from ..model_patches.registry import detect_or_warn, supported
-from .presets import cachedit_target_threshold, load_user_preset
+from .presets import presets_directory
 from .schema import validation, widgets
 
 logger = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 def _config(values: dict[str, Any]) -> DBCacheConfig:
     """The checked config; a chosen calibration is loaded too, so a missing or malformed file is named."""
     if values["calibration"] != "none":
-        load_user_preset(values["calibration"], "calibration")
+        load_user_preset(values["calibration"], "calibration", presets_directory())
     return dbcache_config(values)
 
 
@@ -56,10 +56,7 @@ class ApplyCacheDiT(io.ComfyNode):
         family = detect_or_warn(model, "Apply Cache-DiT")
         if family is None:
             return io.NodeOutput(model)
-        config = dbcache_config(values)
-        if values["target_speedup"]:
-            threshold = cachedit_target_threshold(values["calibration"], config, values["target_speedup"], family.name)
-            config = replace(config, residual_diff_threshold=threshold)
+        config = dbcache_run_config(values, presets_directory(), family.name)
         try:
             from ..model_patches.cachedit_patch import apply_cachedit
         except Exception as error:  # a ComfyUI whose patching API moved: never break the workflow

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 from comfy_api.latest import io
 
+from ..caching.configs import resolve_teacache_preset, teacache_run_config
 from ..caching.node_inputs import TEACACHE, read, teacache_config
 from ..caching.teacache_presets import PRESETS
 from ..model_patches.registry import cfg_shared, detect_or_warn, supported
-from .presets import resolve_teacache_preset, teacache_target_threshold
+from .presets import presets_directory
 from .schema import validation, widgets
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,11 @@ class ApplyTeaCache(io.ComfyNode):
             checked = read(TEACACHE, values)
             model_type = checked["model_type"]
             # auto is decided by the model, known only at run time: any built-in preset checks the rest.
-            preset = next(iter(PRESETS.values())) if model_type == "auto" else resolve_teacache_preset(model_type)[0]
+            preset = (
+                next(iter(PRESETS.values()))
+                if model_type == "auto"
+                else resolve_teacache_preset(model_type, presets_directory())[0]
+            )
             teacache_config(checked, preset)
 
         return validation(check)
@@ -55,8 +59,9 @@ class ApplyTeaCache(io.ComfyNode):
         if family is None:
             return io.NodeOutput(model)
         variant = family.variant(model)
-        model_type = values["model_type"]
-        preset, user = resolve_teacache_preset(variant.preset if model_type == "auto" else model_type)
+        model_type = variant.preset if values["model_type"] == "auto" else values["model_type"]
+        sampling = model.get_model_object("model_sampling")
+        preset, config = teacache_run_config(values, model_type, presets_directory(), sampling.percent_to_sigma)
         if preset.family != family.name:
             logger.warning(
                 "Apply TeaCache: preset %s was made for %s, not for this %s model",
@@ -65,10 +70,6 @@ class ApplyTeaCache(io.ComfyNode):
                 variant.label,
             )
         logger.info("Apply TeaCache: %s, preset %s", variant.label, preset.describe())
-        config = teacache_config(values, preset)
-        if values["target_speedup"]:
-            threshold = teacache_target_threshold(model, preset, user, config, values["target_speedup"])
-            config = replace(config, rel_l1_thresh=threshold)
         try:
             from ..model_patches.teacache_patch import apply_teacache
 

@@ -32,8 +32,6 @@ from dit_cache.model_patches.sampling_hooks import BlockHook
 from probes import LAYOUTS
 from runs import EAGER, OFF, apply, last_run, sample
 
-import nodes
-
 STEPS = 6
 WAN = "wan21_t2v"
 FRAMES = 7  # latent frames: the windows below split them into several
