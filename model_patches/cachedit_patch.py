@@ -20,7 +20,6 @@ from .family import BlockArgs, CallInfo, Family
 from .sampling_hooks import CachePatch, eager_frame, identity, install
 from .sampling_run import CachingRun, RunBlock
 
-
 Streams = tuple[torch.Tensor, torch.Tensor | None]
 
 
