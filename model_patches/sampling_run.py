@@ -323,12 +323,13 @@ class CachingRun(SamplingRun):
         return replayed
 
     def finish(self) -> None:
-        summary = replace(self.run.summary(), disabled=self.failure)
+        unknown = f"calls with {self.unknown} computed untouched" if self.unknown else None
+        summary = replace(self.run.summary(), disabled=self.failure or unknown)
         self.patch.last_run = summary
         kinds = self.kinds.describe()
         self.run = self.new_decisions()  # drop cached tensors
         self.kinds = CallKinds()  # and what the identities held on to
-        if summary.calls == 0:
+        if summary.calls == 0 and unknown is None:
             logger.warning(
                 "%s [%s]: the model's block loop was never reached, so nothing was cached "
                 "(a ComfyUI version whose %s forward this pack does not know?)",
@@ -337,6 +338,8 @@ class CachingRun(SamplingRun):
                 type(self.diffusion_model).__name__,
             )
             return
+        if summary.calls == 0:
+            return  # the unknown calls' warning said why
         logger.info(
             "%s [%s, %s]: %s%s (%s)",
             self.patch.method,

@@ -29,6 +29,7 @@ import tiny_models as tm
 import torch
 from comfy.patcher_extension import WrappersMP
 from dit_cache.model_patches.sampling_hooks import BlockHook
+from dit_cache.model_patches.sampling_run import CallKinds
 from probes import LAYOUTS
 from runs import EAGER, OFF, apply, last_run, sample
 
@@ -267,3 +268,42 @@ def test_guiders_off_is_bit_identical_and_each_cond_reuses_its_own(models, metho
     run = last_run(patched, method)
     assert_each_identity_replays_its_own(method, watch, run)
     assert len({key for keys in watch.keys for key in keys}) >= 2
+
+
+# --- what the pack cannot identify, and what it drops ----------------------------------------------
+
+
+class _OpaqueWindow:
+    """A context window as a ComfyUI might pass one whose frames the pack cannot read."""
+
+
+@pytest.mark.parametrize("method", ["teacache", "cachedit"])
+def test_a_window_the_pack_cannot_read_runs_those_calls_untouched(models, method, caplog) -> None:
+    def opaque(executor: Any, *args: Any, **kwargs: Any) -> Any:
+        options = kwargs.get("transformer_options") or next(a for a in args if isinstance(a, dict) and "sigmas" in a)
+        options["context_window"] = _OpaqueWindow()
+        return executor(*args, **kwargs)
+
+    model = models[WAN].clone()
+    model.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, "test.opaque", opaque)
+    expected = sample(model, WAN, steps=STEPS, cfg=4.0)
+    patched = apply(model, method, **EAGER[method])
+    with caplog.at_level(logging.WARNING):
+        assert torch.equal(sample(patched, WAN, steps=STEPS, cfg=4.0), expected)
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("dit_cache") and r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "_OpaqueWindow" in warnings[0], warnings
+    assert last_run(patched, method).calls == 0  # no state read or written
+
+
+def test_an_identity_not_called_for_a_whole_step_is_retired() -> None:
+    """What a guidance pass that stops (its range ends) leaves behind is dropped a step later."""
+    kinds = CallKinds()
+    model = torch.nn.Linear(1, 1)
+    ordinary = {"uuids": ["positive"], "cond_or_uncond": [0], "sigmas": torch.ones(1)}
+    extra = {**ordinary, "stg_self_attn_blocks": frozenset({1})}
+    (first,) = kinds.identify(ordinary, model, 0)
+    (pass_,) = kinds.identify(extra, model, 0)
+    assert first != pass_ and (first.kind, pass_.kind) == (0, 1)
+    assert kinds.identify(ordinary, model, 1) == (first,) and kinds.retire(1) == []
+    assert kinds.identify(ordinary, model, 2) == (first,) and kinds.retire(2) == [pass_]
+    assert kinds.identify(extra, model, 3) == (pass_,)  # met again: the same identity, with nothing kept
