@@ -12,7 +12,6 @@ window and CFG branch), so the two columns should tell the same story.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -25,8 +24,8 @@ import report
 import torch
 import trained_models as fx
 from comfy_extras.nodes_context_windows import WanContextWindowsManualNode
-from metrics import count_blocks, psnr_of, relative_mse
-from run import FIDELITY, blocks_of, sample
+from few_steps import against_uncached
+from run import FIDELITY
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ((0, 0), (3, 1), (6, 2))  # (class, seed)
@@ -46,26 +45,6 @@ def with_windows(model: object) -> object:
     return WanContextWindowsManualNode.execute(**{**defaults, "model": model, **WINDOW})[0]
 
 
-def measure(model: object, latent: dict, steps: int, cfg: float) -> list[tuple[str, float, float]]:
-    """(method, block fraction, pooled PSNR against this model uncached) for every setting."""
-    blocks = blocks_of(model)
-    references, reference_blocks = [], 0
-    for class_index, seed in SAMPLES:
-        with count_blocks(blocks) as counter:
-            references.append(sample(model, "wan", latent, class_index, seed, steps, cfg))
-        reference_blocks += counter[0]
-    rows = []
-    for method in SETTINGS:
-        patched, errors, executed = method.apply(model), [], 0
-        for reference, (class_index, seed) in zip(references, SAMPLES, strict=True):
-            with count_blocks(blocks) as counter:
-                out = sample(patched, "wan", latent, class_index, seed, steps, cfg)
-            executed += counter[0]
-            errors.append(relative_mse(out, reference))
-        rows.append((method.label, executed / reference_blocks, min(psnr_of(statistics.fmean(errors)), report.PSNR_CAP)))
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "context_windows.md")
@@ -76,8 +55,8 @@ def main() -> None:
     shape = list(short["samples"].shape)
     shape[2] = FRAMES
     long = {"samples": torch.zeros(shape)}
-    plain = measure(model, short, setup.steps, setup.cfg)
-    windowed = measure(with_windows(model), long, setup.steps, setup.cfg)
+    plain = against_uncached(model, "wan", short, SETTINGS, SAMPLES, setup.steps, setup.cfg)
+    windowed = against_uncached(with_windows(model), "wan", long, SETTINGS, SAMPLES, setup.steps, setup.cfg)
     host = report.machine()
     lines = [
         (

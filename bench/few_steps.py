@@ -47,25 +47,31 @@ SETTINGS = {
 }
 
 
-def measure(fixture: str, steps: int, cfg: float) -> list[tuple[str, float, float]]:
-    """(method, block fraction, pooled PSNR) for every setting of `fixture` at `steps`."""
-    model = fx.load_model(fixture)
-    blocks, latent = blocks_of(model), fx.empty_latent(fixture)
+def against_uncached(model: object, fixture: str, latent: dict, methods: tuple, samples: tuple, steps: int,
+                     cfg: float) -> list[tuple[str, float, float]]:
+    """(method, block fraction, pooled PSNR) of each method on `model`, against `model` uncached."""
+    blocks = blocks_of(model)
     references, reference_blocks = [], 0
-    for class_index, seed in SAMPLES:
+    for class_index, seed in samples:
         with count_blocks(blocks) as counter:
             references.append(sample(model, fixture, latent, class_index, seed, steps, cfg))
         reference_blocks += counter[0]
     rows = []
-    for method in SETTINGS[fixture]:
+    for method in methods:
         patched, errors, executed = method.apply(model), [], 0
-        for reference, (class_index, seed) in zip(references, SAMPLES):
+        for reference, (class_index, seed) in zip(references, samples, strict=True):
             with count_blocks(blocks) as counter:
                 out = sample(patched, fixture, latent, class_index, seed, steps, cfg)
             executed += counter[0]
             errors.append(relative_mse(out, reference))
         rows.append((method.label, executed / reference_blocks, min(psnr_of(statistics.fmean(errors)), report.PSNR_CAP)))
     return rows
+
+
+def measure(fixture: str, steps: int, cfg: float) -> list[tuple[str, float, float]]:
+    """(method, block fraction, pooled PSNR) for every setting of `fixture` at `steps`."""
+    model = fx.load_model(fixture)
+    return against_uncached(model, fixture, fx.empty_latent(fixture), SETTINGS[fixture], SAMPLES, steps, cfg)
 
 
 def main() -> None:
